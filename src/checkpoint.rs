@@ -1,0 +1,548 @@
+//! The on-disk checkpoint container and tensor serialisation.
+//!
+//! A checkpoint file is a small fixed header followed by one bincode payload:
+//!
+//! | bytes | field                                              |
+//! |-------|----------------------------------------------------|
+//! | 8     | magic `b"MOTHCKPT"`                                |
+//! | 4     | format version, u32 little endian ([`FORMAT_VERSION`]) |
+//! | 2 + n | moth version that wrote the file: u16 LE length, UTF-8 |
+//! | 1     | payload kind ([`PayloadKind`])                     |
+//! | 8     | payload length, u64 little endian                  |
+//! | 4     | CRC32 of the payload, u32 little endian            |
+//! | len   | the payload: `bincode::config::standard()` serde encoding |
+//!
+//! Nothing follows the payload. [`decode`] checks every field in that order
+//! and says which one is wrong; it never panics, whatever the input.
+//! [`write_atomic`] replaces a file so that a reader (or a process restarted
+//! after a crash) sees either the old or the new content, never a mix.
+//!
+//! Tensors travel as [`SavedTensor`]: kind, shape and the raw little-endian
+//! bytes of the elements, which round-trips bit-exactly (NaN payloads, -0.0,
+//! denormals included).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bincode::config;
+use bincode::error::DecodeError;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The eight bytes every checkpoint file starts with.
+pub const MAGIC: [u8; 8] = *b"MOTHCKPT";
+
+/// The container format version this moth writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The moth version written into every checkpoint header.
+pub const MOTH_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The largest payload, in bytes, that [`encode`] writes and [`decode`]
+/// accepts (1 GiB). It is also the largest memory budget bincode may charge
+/// while decoding.
+pub const MAX_PAYLOAD_LEN: usize = 1 << 30;
+
+/// Header length without the moth version string: magic, format version,
+/// version-string length, payload kind, payload length, checksum.
+const FIXED_HEADER_LEN: usize = 8 + 4 + 2 + 1 + 8 + 4;
+
+/// bincode 2 charges each decoded value its in-memory size against the
+/// limit, not its encoded size: a one-byte varint `u128` is charged 16
+/// bytes, a one-byte `u64` or length prefix 8. A valid payload of `n` bytes
+/// is therefore charged at most `16 * n`, and the limit for a payload is that
+/// rounded up to a power of two (at least 64 KiB, at most
+/// [`MAX_PAYLOAD_LEN`]). A corrupted length prefix can thus make the decoder
+/// reserve at most 32 times the payload length before it notices the data is
+/// missing, never more than 1 GiB.
+const CLAIM_FACTOR: usize = 16;
+
+/// What a checkpoint holds; stored in the header so that a file of one kind
+/// cannot be loaded as the other.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PayloadKind {
+    /// A hardening session's state.
+    Session = 1,
+    /// The command-line trainer's model and optimiser state.
+    Trainer = 2,
+    /// A built-in model's architecture, class names and variables.
+    Model = 3,
+}
+
+impl PayloadKind {
+    /// The header byte for this kind.
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind a header byte stands for, if any.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(PayloadKind::Session),
+            2 => Some(PayloadKind::Trainer),
+            3 => Some(PayloadKind::Model),
+            _ => None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            PayloadKind::Session => "session",
+            PayloadKind::Trainer => "trainer",
+            PayloadKind::Model => "model",
+        }
+    }
+}
+
+impl std::fmt::Display for PayloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The parsed header of a checkpoint whose header fields are all valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The container format version (always [`FORMAT_VERSION`] once parsed).
+    pub format_version: u32,
+    /// The moth version that wrote the file.
+    pub moth_version: String,
+    /// What the payload holds.
+    pub kind: PayloadKind,
+    /// The payload length in bytes.
+    pub payload_len: u64,
+    /// The CRC32 of the payload recorded by the writer.
+    pub checksum: u32,
+    /// Where the payload starts in the file.
+    pub payload_offset: usize,
+}
+
+fn reject(message: impl Into<String>) -> Error {
+    Error::Checkpoint(message.into())
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    let mut b = [0u8; 2];
+    b.copy_from_slice(&bytes[at..at + 2]);
+    u16::from_le_bytes(b)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Parses and checks a checkpoint header: length, magic, format version,
+/// moth version string and payload kind byte (any known kind). It does not
+/// look at the payload; [`decode`] does the remaining checks.
+pub fn parse_header(bytes: &[u8]) -> Result<Header> {
+    if bytes.len() < FIXED_HEADER_LEN {
+        return Err(reject(format!(
+            "truncated header: {} bytes, a checkpoint header has at least {}",
+            bytes.len(),
+            FIXED_HEADER_LEN
+        )));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(reject("not a moth checkpoint (bad magic bytes)"));
+    }
+    let format_version = read_u32(bytes, 8);
+    if format_version != FORMAT_VERSION {
+        return Err(reject(format!(
+            "format version {format_version}, this moth reads version {FORMAT_VERSION}"
+        )));
+    }
+    let version_len = read_u16(bytes, 12) as usize;
+    let header_len = FIXED_HEADER_LEN + version_len;
+    if bytes.len() < header_len {
+        return Err(reject(format!(
+            "truncated header: {} bytes, this header needs {}",
+            bytes.len(),
+            header_len
+        )));
+    }
+    let moth_version = match std::str::from_utf8(&bytes[14..14 + version_len]) {
+        Ok(v) => v.to_owned(),
+        Err(_) => return Err(reject("moth version string in the header is not UTF-8")),
+    };
+    let at = 14 + version_len;
+    let kind_byte = bytes[at];
+    let kind = PayloadKind::from_byte(kind_byte)
+        .ok_or_else(|| reject(format!("unknown payload kind {kind_byte}")))?;
+    let payload_len = read_u64(bytes, at + 1);
+    let checksum = read_u32(bytes, at + 9);
+    Ok(Header {
+        format_version,
+        moth_version,
+        kind,
+        payload_len,
+        checksum,
+        payload_offset: header_len,
+    })
+}
+
+/// Serialises `value` and wraps it in a checkpoint container of the given
+/// kind. Fails when serde refuses the value or the payload exceeds
+/// [`MAX_PAYLOAD_LEN`].
+pub fn encode<T: Serialize>(kind: PayloadKind, value: &T) -> Result<Vec<u8>> {
+    let payload = bincode::serde::encode_to_vec(value, config::standard())
+        .map_err(|e| reject(format!("cannot encode the {kind} state: {e}")))?;
+    if payload.len() > MAX_PAYLOAD_LEN {
+        return Err(reject(format!(
+            "the {kind} state encodes to {} bytes, more than the {MAX_PAYLOAD_LEN}-byte limit",
+            payload.len()
+        )));
+    }
+    let version = MOTH_VERSION.as_bytes();
+    let version_len = u16::try_from(version.len())
+        .map_err(|_| reject("moth version string longer than 65535 bytes"))?;
+    let mut out = Vec::with_capacity(FIXED_HEADER_LEN + version.len() + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version_len.to_le_bytes());
+    out.extend_from_slice(version);
+    out.push(kind.to_byte());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn decode_with_limit<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> std::result::Result<(T, usize), DecodeError> {
+    bincode::serde::decode_from_slice(payload, config::standard().with_limit::<LIMIT>())
+}
+
+/// Decodes a payload under the smallest limit of the ladder that still lets
+/// every valid payload of this length through (see [`CLAIM_FACTOR`]).
+fn decode_payload<T: DeserializeOwned>(
+    payload: &[u8],
+) -> std::result::Result<(T, usize), DecodeError> {
+    let budget = payload.len().saturating_mul(CLAIM_FACTOR);
+    macro_rules! ladder {
+        ($($shift:literal)*) => {
+            $(
+                if budget <= (1usize << $shift) {
+                    return decode_with_limit::<T, { 1usize << $shift }>(payload);
+                }
+            )*
+        };
+    }
+    ladder!(16 17 18 19 20 21 22 23 24 25 26 27 28 29);
+    decode_with_limit::<T, MAX_PAYLOAD_LEN>(payload)
+}
+
+/// Checks a checkpoint container and decodes its payload.
+///
+/// The checks run in this order, each with its own message in
+/// [`Error::Checkpoint`]: header long enough, magic bytes, format version,
+/// payload kind, payload length against the bytes present (truncated file or
+/// trailing bytes), CRC32, then bincode decoding under a memory limit, which
+/// must consume the whole payload. Never panics.
+pub fn decode<T: DeserializeOwned>(kind: PayloadKind, bytes: &[u8]) -> Result<T> {
+    let header = parse_header(bytes)?;
+    if header.kind != kind {
+        return Err(reject(format!(
+            "payload kind mismatch: the file holds a {} checkpoint, a {} checkpoint was expected",
+            header.kind, kind
+        )));
+    }
+    let present = (bytes.len() - header.payload_offset) as u64;
+    if header.payload_len > present {
+        return Err(reject(format!(
+            "truncated payload: the header announces {} bytes, the file holds {}",
+            header.payload_len, present
+        )));
+    }
+    if header.payload_len < present {
+        return Err(reject(format!(
+            "{} trailing bytes after the {}-byte payload",
+            present - header.payload_len,
+            header.payload_len
+        )));
+    }
+    if header.payload_len > MAX_PAYLOAD_LEN as u64 {
+        return Err(reject(format!(
+            "payload of {} bytes exceeds the {MAX_PAYLOAD_LEN}-byte limit",
+            header.payload_len
+        )));
+    }
+    let payload = &bytes[header.payload_offset..];
+    let actual = crc32fast::hash(payload);
+    if actual != header.checksum {
+        return Err(reject(format!(
+            "checksum mismatch: file corrupted (header {:08x}, payload {:08x})",
+            header.checksum, actual
+        )));
+    }
+    let (value, used) = decode_payload::<T>(payload).map_err(|e| {
+        let why = match e {
+            DecodeError::LimitExceeded => {
+                "a length field asks for more memory than the payload can hold".to_owned()
+            }
+            other => other.to_string(),
+        };
+        reject(format!(
+            "the {kind} state does not decode (written by moth {}): {why}",
+            header.moth_version
+        ))
+    })?;
+    if used != payload.len() {
+        return Err(reject(format!(
+            "the {kind} state ends after {used} of {} payload bytes (written by moth {})",
+            payload.len(),
+            header.moth_version
+        )));
+    }
+    Ok(value)
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The temporary file [`write_atomic`] writes before renaming it over
+/// `path`: `.<file name>.tmp.<pid>.<counter>` in the same directory. A writer
+/// killed mid-write may leave such a file behind; it is never read.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            format!("writing {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        )
+    })?;
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), n));
+    Ok(parent_dir(path).join(tmp_name))
+}
+
+/// Replaces the file at `path` with `bytes` atomically: writes a temporary
+/// file in the same directory, syncs it, renames it over `path`, then syncs
+/// the directory. After a crash `path` holds either its old content or
+/// `bytes`. The temporary file is removed when a step before the rename
+/// fails.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path)?;
+    let written = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", tmp.display(), path.display()),
+                e,
+            )
+        })
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = parent_dir(path);
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Reads a whole file; the error names the path.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// Encodes `value` as a checkpoint of the given kind and writes it to `path`
+/// with [`write_atomic`].
+pub fn save<T: Serialize>(path: &Path, kind: PayloadKind, value: &T) -> Result<()> {
+    let bytes = encode(kind, value)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads and decodes the checkpoint at `path`; a rejection names the path.
+pub fn load<T: DeserializeOwned>(path: &Path, kind: PayloadKind) -> Result<T> {
+    let bytes = read_file(path)?;
+    decode(kind, &bytes).map_err(|e| match e {
+        Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// The element types a [`SavedTensor`] can hold.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SavedKind {
+    /// 32-bit float.
+    Float,
+    /// 64-bit float.
+    Double,
+    /// IEEE 16-bit float.
+    Half,
+    /// bfloat16.
+    BFloat16,
+    /// 64-bit signed integer.
+    Int64,
+    /// 32-bit signed integer.
+    Int,
+    /// 8-bit signed integer.
+    Int8,
+    /// 8-bit unsigned integer.
+    Uint8,
+    /// Boolean, one byte per element (0 or 1).
+    Bool,
+}
+
+impl SavedKind {
+    /// The libtorch element kind.
+    pub fn to_kind(self) -> tch::Kind {
+        match self {
+            SavedKind::Float => tch::Kind::Float,
+            SavedKind::Double => tch::Kind::Double,
+            SavedKind::Half => tch::Kind::Half,
+            SavedKind::BFloat16 => tch::Kind::BFloat16,
+            SavedKind::Int64 => tch::Kind::Int64,
+            SavedKind::Int => tch::Kind::Int,
+            SavedKind::Int8 => tch::Kind::Int8,
+            SavedKind::Uint8 => tch::Kind::Uint8,
+            SavedKind::Bool => tch::Kind::Bool,
+        }
+    }
+
+    /// The saved kind for a libtorch kind, if it can be saved.
+    pub fn from_kind(kind: tch::Kind) -> Option<Self> {
+        Some(match kind {
+            tch::Kind::Float => SavedKind::Float,
+            tch::Kind::Double => SavedKind::Double,
+            tch::Kind::Half => SavedKind::Half,
+            tch::Kind::BFloat16 => SavedKind::BFloat16,
+            tch::Kind::Int64 => SavedKind::Int64,
+            tch::Kind::Int => SavedKind::Int,
+            tch::Kind::Int8 => SavedKind::Int8,
+            tch::Kind::Uint8 => SavedKind::Uint8,
+            tch::Kind::Bool => SavedKind::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn element_size(self) -> usize {
+        match self {
+            SavedKind::Float | SavedKind::Int => 4,
+            SavedKind::Double | SavedKind::Int64 => 8,
+            SavedKind::Half | SavedKind::BFloat16 => 2,
+            SavedKind::Int8 | SavedKind::Uint8 | SavedKind::Bool => 1,
+        }
+    }
+}
+
+/// A tensor as plain data: element kind, shape and the elements' raw bytes
+/// in row-major order (native byte order, little endian on every platform
+/// moth runs on). Round-trips bit-exactly.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SavedTensor {
+    /// Element type.
+    pub kind: SavedKind,
+    /// Dimensions; empty for a scalar.
+    pub shape: Vec<i64>,
+    /// `numel * element_size` bytes of element data.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The element count of `shape`, or why it is not a valid shape.
+fn checked_numel(shape: &[i64]) -> std::result::Result<usize, String> {
+    let mut numel: usize = 1;
+    for &d in shape {
+        let d = usize::try_from(d).map_err(|_| format!("negative dimension in shape {shape:?}"))?;
+        numel = numel
+            .checked_mul(d)
+            .ok_or_else(|| format!("element count of shape {shape:?} overflows"))?;
+    }
+    if numel > i64::MAX as usize {
+        return Err(format!("element count of shape {shape:?} overflows"));
+    }
+    Ok(numel)
+}
+
+impl SavedTensor {
+    /// Copies a tensor's kind, shape and data. Works for tensors on any
+    /// device and for non-contiguous tensors; fails for element kinds that
+    /// [`SavedKind`] does not cover.
+    pub fn from_tensor(tensor: &tch::Tensor) -> Result<Self> {
+        let kind = tensor.f_kind()?;
+        let saved_kind = SavedKind::from_kind(kind)
+            .ok_or_else(|| reject(format!("tensors of kind {kind:?} cannot be checkpointed")))?;
+        let cpu = tensor.f_contiguous()?.f_to_device(tch::Device::Cpu)?;
+        let shape = cpu.size();
+        let numel = checked_numel(&shape).map_err(reject)?;
+        let len = numel
+            .checked_mul(saved_kind.element_size())
+            .ok_or_else(|| reject(format!("tensor of shape {shape:?} is too large")))?;
+        let mut data = vec![0u8; len];
+        cpu.f_copy_data_u8(&mut data, numel)?;
+        Ok(SavedTensor {
+            kind: saved_kind,
+            shape,
+            data,
+        })
+    }
+
+    /// The number of elements the shape describes, checked.
+    pub fn numel(&self) -> Result<usize> {
+        checked_numel(&self.shape).map_err(reject)
+    }
+
+    /// Rebuilds the tensor on `device`. Refuses (with [`Error::Checkpoint`])
+    /// a negative or overflowing shape, data whose length is not the element
+    /// count times the element size, and bool data other than 0 and 1.
+    pub fn to_tensor(&self, device: tch::Device) -> Result<tch::Tensor> {
+        let numel = self.numel()?;
+        let expected = numel
+            .checked_mul(self.kind.element_size())
+            .ok_or_else(|| reject(format!("tensor of shape {:?} is too large", self.shape)))?;
+        if self.data.len() != expected {
+            return Err(reject(format!(
+                "{:?} tensor of shape {:?} needs {} data bytes, the checkpoint holds {}",
+                self.kind,
+                self.shape,
+                expected,
+                self.data.len()
+            )));
+        }
+        if self.kind == SavedKind::Bool {
+            if let Some(b) = self.data.iter().find(|&&b| b > 1) {
+                return Err(reject(format!("bool tensor holds byte {b}, not 0 or 1")));
+            }
+        }
+        let t = tch::Tensor::f_from_data_size(&self.data, &self.shape, self.kind.to_kind())?;
+        if device == tch::Device::Cpu {
+            Ok(t)
+        } else {
+            Ok(t.f_to_device(device)?)
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Image datasets in the IDX format (MNIST, Fashion-MNIST), gzip or plain,
+//! and the batching helpers the trainers use.
+//!
+//! Pixels are returned in `[0, 1]`: dataset normalisation, if any, belongs to
+//! the model wrapper and runs after stamping (ALGORITHM.md section 1).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// Where the Debian package `dataset-fashion-mnist` installs the data.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The ten Fashion-MNIST class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// A parsed IDX array: its dimensions and raw bytes (element type u8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdxArray {
+    /// Dimension sizes, outermost first.
+    pub dims: Vec<usize>,
+    /// Row-major element bytes.
+    pub data: Vec<u8>,
+}
+
+/// Parses an IDX byte stream whose element type is unsigned byte (0x08), the
+/// only type MNIST-family files use. `path` only labels errors.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let bad = |m: String| Error::format(path, m);
+    if bytes.len() < 4 {
+        return Err(bad(format!("truncated IDX header ({} bytes)", bytes.len())));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad(
+            "not an IDX file (magic must start with two zero bytes)".into(),
+        ));
+    }
+    if bytes[2] != 0x08 {
+        return Err(bad(format!(
+            "unsupported IDX element type 0x{:02x} (only unsigned byte, 0x08)",
+            bytes[2]
+        )));
+    }
+    let ndim = bytes[3] as usize;
+    if ndim == 0 {
+        return Err(bad("IDX file declares zero dimensions".into()));
+    }
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(bad(format!(
+            "truncated IDX header: {ndim} dimensions need {header} bytes"
+        )));
+    }
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("IDX dimensions {dims:?} overflow")))?;
+    let body = &bytes[header..];
+    if body.len() < count {
+        return Err(bad(format!(
+            "truncated IDX data: dimensions {dims:?} need {count} bytes, file has {}",
+            body.len()
+        )));
+    }
+    if body.len() > count {
+        return Err(bad(format!(
+            "IDX file has {} trailing bytes after dimensions {dims:?}",
+            body.len() - count
+        )));
+    }
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
+}
+
+/// Reads an IDX file, transparently gunzipping it when it starts with the
+/// gzip magic (so both `x.idx` and `x.idx.gz` work).
+pub fn read_idx(path: &Path) -> Result<IdxArray> {
+    let raw =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::format(path, format!("corrupt gzip stream: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    parse_idx(&bytes, path)
+}
+
+/// Labelled images in memory: `images` is `[n, C, H, W]` float in `[0,1]`,
+/// `labels` is `[n]` int64, both on the CPU.
+#[derive(Debug)]
+pub struct Dataset {
+    /// Images, `[n, C, H, W]`, `Kind::Float`, values in `[0, 1]`.
+    pub images: Tensor,
+    /// Class labels, `[n]`, `Kind::Int64`.
+    pub labels: Tensor,
+    /// Class names, one per label value.
+    pub classes: Vec<String>,
+}
+
+/// Which half of a dataset to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training images.
+    Train,
+    /// The held-out test images.
+    Test,
+}
+
+impl Dataset {
+    /// Builds a dataset from an IDX image array (`[n, H, W]` or `[n, C, H, W]`)
+    /// and an IDX label array (`[n]`), checking that they agree and that every
+    /// label names a class.
+    pub fn from_idx(
+        images: &IdxArray,
+        labels: &IdxArray,
+        classes: Vec<String>,
+        path: &Path,
+    ) -> Result<Self> {
+        let shape: Vec<i64> = match images.dims.as_slice() {
+            [n, h, w] => vec![*n as i64, 1, *h as i64, *w as i64],
+            [n, c, h, w] => vec![*n as i64, *c as i64, *h as i64, *w as i64],
+            d => {
+                return Err(Error::format(
+                    path,
+                    format!("image file must be 3-D or 4-D, has dimensions {d:?}"),
+                ))
+            }
+        };
+        if labels.dims.len() != 1 {
+            return Err(Error::format(
+                path,
+                format!("label file must be 1-D, has dimensions {:?}", labels.dims),
+            ));
+        }
+        if labels.dims[0] != images.dims[0] {
+            return Err(Error::format(
+                path,
+                format!("{} images but {} labels", images.dims[0], labels.dims[0]),
+            ));
+        }
+        if let Some(bad) = labels.data.iter().find(|&&l| l as usize >= classes.len()) {
+            return Err(Error::format(
+                path,
+                format!("label {bad} out of range for {} classes", classes.len()),
+            ));
+        }
+        let images = Tensor::f_from_slice(&images.data)?
+            .f_reshape(&shape)?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(255.0)?;
+        let labels = Tensor::f_from_slice(&labels.data)?.f_to_kind(Kind::Int64)?;
+        Ok(Dataset {
+            images,
+            labels,
+            classes,
+        })
+    }
+
+    /// Loads Fashion-MNIST from `dir` (default [`FASHION_MNIST_DIR`]).
+    pub fn fashion_mnist(dir: Option<&Path>, split: Split) -> Result<Self> {
+        let dir: PathBuf = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| FASHION_MNIST_DIR.into());
+        let prefix = match split {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        };
+        let find = |stem: &str| -> Result<PathBuf> {
+            for name in [format!("{prefix}-{stem}.gz"), format!("{prefix}-{stem}")] {
+                let p = dir.join(name);
+                if p.exists() {
+                    return Ok(p);
+                }
+            }
+            Err(Error::format(
+                dir.join(format!("{prefix}-{stem}.gz")),
+                "not found (install it with scripts/setup.sh, or `apt-get install dataset-fashion-mnist`)",
+            ))
+        };
+        let image_path = find("images-idx3-ubyte")?;
+        let label_path = find("labels-idx1-ubyte")?;
+        let images = read_idx(&image_path)?;
+        let labels = read_idx(&label_path)?;
+        let classes = FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Self::from_idx(&images, &labels, classes, &label_path)
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    /// True when the dataset holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// `[C, H, W]` of one image.
+    pub fn input_shape(&self) -> [i64; 3] {
+        let s = self.images.size();
+        [s[1], s[2], s[3]]
+    }
+
+    /// Labels as a host vector.
+    pub fn labels_vec(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(&self.labels).unwrap_or_default()
+    }
+
+    /// The samples at `indices`, as a new dataset.
+    pub fn select(&self, indices: &[i64]) -> Result<Dataset> {
+        let idx = Tensor::f_from_slice(indices)?;
+        Ok(Dataset {
+            images: self.images.f_index_select(0, &idx)?,
+            labels: self.labels.f_index_select(0, &idx)?,
+            classes: self.classes.clone(),
+        })
+    }
+
+    /// The first `per_class` samples of every class (in file order), a
+    /// deterministic, class-balanced subset.
+    pub fn balanced_subset(&self, per_class: usize) -> Result<Dataset> {
+        let idx = per_class_indices(&self.labels_vec(), self.num_classes(), per_class);
+        self.select(&idx.into_iter().flatten().collect::<Vec<_>>())
+    }
+}
+
+/// For each class, the positions of its first `limit` samples.
+pub fn per_class_indices(labels: &[i64], num_classes: usize, limit: usize) -> Vec<Vec<i64>> {
+    let mut out = vec![Vec::new(); num_classes];
+    for (i, &l) in labels.iter().enumerate() {
+        if let Some(v) = out.get_mut(l as usize) {
+            if v.len() < limit {
+                v.push(i as i64);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn parses_valid_idx() {
+        let a = parse_idx(&idx(&[2, 2], &[1, 2, 3, 4]), Path::new("x")).unwrap();
+        assert_eq!(a.dims, vec![2, 2]);
+        assert_eq!(a.data, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn rejects_malformed_idx() {
+        let p = Path::new("x");
+        let err = |b: &[u8]| parse_idx(b, p).unwrap_err().to_string();
+        assert!(err(&[0, 0]).contains("truncated IDX header"));
+        assert!(err(&[1, 0, 8, 1, 0, 0, 0, 0]).contains("not an IDX file"));
+        assert!(err(&[0, 0, 0x0d, 1, 0, 0, 0, 0]).contains("unsupported IDX element type"));
+        assert!(err(&[0, 0, 8, 0]).contains("zero dimensions"));
+        assert!(err(&[0, 0, 8, 2, 0, 0, 0, 1]).contains("truncated IDX header"));
+        assert!(err(&idx(&[3], &[1, 2])).contains("truncated IDX data"));
+        assert!(err(&idx(&[1], &[1, 2])).contains("trailing bytes"));
+    }
+
+    #[test]
+    fn rejects_mismatched_images_and_labels() {
+        let p = Path::new("x");
+        let images = parse_idx(&idx(&[2, 1, 1], &[0, 255]), p).unwrap();
+        let labels = parse_idx(&idx(&[3], &[0, 1, 1]), p).unwrap();
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let e = Dataset::from_idx(&images, &labels, classes.clone(), p).unwrap_err();
+        assert!(e.to_string().contains("2 images but 3 labels"), "{e}");
+        let labels = parse_idx(&idx(&[2], &[0, 2]), p).unwrap();
+        let e = Dataset::from_idx(&images, &labels, classes.clone(), p).unwrap_err();
+        assert!(e.to_string().contains("label 2 out of range"), "{e}");
+        let flat = parse_idx(&idx(&[2], &[0, 1]), p).unwrap();
+        let e = Dataset::from_idx(&flat, &flat, classes.clone(), p).unwrap_err();
+        assert!(e.to_string().contains("3-D or 4-D"), "{e}");
+        let labels = parse_idx(&idx(&[2], &[0, 1]), p).unwrap();
+        let d = Dataset::from_idx(&images, &labels, classes, p).unwrap();
+        assert_eq!(d.images.size(), vec![2, 1, 1, 1]);
+        assert_eq!(d.images.double_value(&[1, 0, 0, 0]), 1.0);
+    }
+
+    #[test]
+    fn reads_gzip_and_plain_files() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = idx(&[2], &[7, 9]);
+        std::fs::write(dir.path().join("plain"), &bytes).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        std::fs::write(dir.path().join("z.gz"), gz.finish().unwrap()).unwrap();
+        assert_eq!(
+            read_idx(&dir.path().join("plain")).unwrap().data,
+            vec![7, 9]
+        );
+        assert_eq!(read_idx(&dir.path().join("z.gz")).unwrap().data, vec![7, 9]);
+        std::fs::write(dir.path().join("bad.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
+        assert!(read_idx(&dir.path().join("bad.gz"))
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt gzip"));
+    }
+
+    #[test]
+    fn per_class_indices_caps_each_class() {
+        let idx = per_class_indices(&[0, 1, 0, 0, 2, 1], 3, 2);
+        assert_eq!(idx, vec![vec![0, 2], vec![1, 5], vec![4]]);
+    }
+}

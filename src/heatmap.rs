@@ -1,0 +1,863 @@
+//! PNG heatmaps of square class-distance matrices (the paper's Fig. 7).
+//!
+//! Rows are the source (victim) class, columns the target class. Every cell
+//! is filled with a colour from the chosen [`Scale`] and shows its value as
+//! text; diagonal cells (a class has no distance to itself) and non-finite
+//! values are drawn grey. Row labels sit on the left, column labels on top
+//! (rotated when they do not fit a cell), the title above everything and a
+//! colour bar with its end values on the right.
+//!
+//! Text uses a small embedded 5x7 bitmap font drawn at an integer scale, so
+//! the module needs nothing beyond the `png` encoder.
+
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Colour scale choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Values from the matrix minimum to its maximum, dark to bright
+    /// (viridis-like).
+    Sequential,
+    /// Blue for negative, white for 0, red for positive, symmetric around 0;
+    /// meant for before/after differences.
+    Diverging,
+}
+
+/// What to draw and how.
+#[derive(Debug, Clone, Copy)]
+pub struct HeatmapSpec<'a> {
+    /// Title drawn above the heatmap; may be empty.
+    pub title: &'a str,
+    /// One class name per row/column, in matrix order (truncated to 8
+    /// characters when drawn).
+    pub labels: &'a [String],
+    /// Colour scale.
+    pub scale: Scale,
+    /// Side length of one cell in pixels (at least 1).
+    pub cell_px: u32,
+}
+
+/// Renders `matrix` (rows = source class, columns = target class) as an RGB8
+/// PNG and returns the encoded bytes.
+///
+/// Fails with [`Error::Input`] when the matrix is empty or not square, when
+/// `spec.labels` does not hold one label per row, or when `spec.cell_px` is 0
+/// or makes the image unreasonably large.
+pub fn render_png(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<Vec<u8>> {
+    validate(matrix, spec)?;
+    let canvas = draw(matrix, spec);
+    encode(&canvas)
+}
+
+/// Renders `matrix` like [`render_png`] and writes the PNG to `path`.
+pub fn write_png(path: &Path, matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<()> {
+    let bytes = render_png(matrix, spec)?;
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::io(format!("writing heatmap {}", path.display()), e))
+}
+
+/// Largest allowed grid side (n * cell_px) in pixels.
+const MAX_GRID_PX: u64 = 16_384;
+/// Labels longer than this are truncated.
+const MAX_LABEL_CHARS: usize = 8;
+/// Outer margin in pixels.
+const MARGIN: i64 = 8;
+/// Gap between the image parts in pixels.
+const GAP: i64 = 6;
+
+const WHITE: [u8; 3] = [255, 255, 255];
+const BLACK: [u8; 3] = [0, 0, 0];
+/// Diagonal and non-finite cells.
+const GREY: [u8; 3] = [160, 160, 160];
+const OUTLINE: [u8; 3] = [90, 90, 90];
+
+/// Viridis, 5 stops, dark to bright.
+const VIRIDIS: [[f64; 3]; 5] = [
+    [68.0, 1.0, 84.0],
+    [59.0, 82.0, 139.0],
+    [33.0, 145.0, 140.0],
+    [94.0, 201.0, 98.0],
+    [253.0, 231.0, 37.0],
+];
+/// RdBu, 5 stops, from -1 (blue) through 0 (white) to +1 (red).
+const RDBU: [[f64; 3]; 5] = [
+    [33.0, 102.0, 172.0],
+    [146.0, 197.0, 222.0],
+    [247.0, 247.0, 247.0],
+    [244.0, 165.0, 130.0],
+    [178.0, 24.0, 43.0],
+];
+
+fn validate(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<()> {
+    let n = matrix.len();
+    if n == 0 {
+        return Err(Error::Input("heatmap: the matrix is empty".into()));
+    }
+    if let Some((i, row)) = matrix.iter().enumerate().find(|(_, r)| r.len() != n) {
+        return Err(Error::Input(format!(
+            "heatmap: the matrix is not square: row {i} has {} entries, expected {n}",
+            row.len()
+        )));
+    }
+    if spec.labels.len() != n {
+        return Err(Error::Input(format!(
+            "heatmap: {} labels for a {n}x{n} matrix",
+            spec.labels.len()
+        )));
+    }
+    if spec.cell_px == 0 {
+        return Err(Error::Input("heatmap: cell_px must be at least 1".into()));
+    }
+    let grid = n as u64 * u64::from(spec.cell_px);
+    if grid > MAX_GRID_PX {
+        return Err(Error::Input(format!(
+            "heatmap: {n} cells of {} px make a {grid} px grid, more than {MAX_GRID_PX}",
+            spec.cell_px
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Colours and value text
+
+/// Piecewise-linear interpolation between equally spaced stops, `t` in 0..=1.
+fn interpolate(stops: &[[f64; 3]], t: f64) -> [u8; 3] {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let segments = (stops.len() - 1) as f64;
+    let pos = t * segments;
+    let i = (pos.floor() as usize).min(stops.len() - 2);
+    let f = pos - i as f64;
+    let mut out = [0u8; 3];
+    for (c, o) in out.iter_mut().enumerate() {
+        let v = stops[i][c] + (stops[i + 1][c] - stops[i][c]) * f;
+        *o = v.round().clamp(0.0, 255.0) as u8;
+    }
+    out
+}
+
+fn luminance(c: [u8; 3]) -> f64 {
+    0.299 * f64::from(c[0]) + 0.587 * f64::from(c[1]) + 0.114 * f64::from(c[2])
+}
+
+/// Black text on bright cells, white text on dark ones.
+fn text_colour(background: [u8; 3]) -> [u8; 3] {
+    if luminance(background) > 140.0 {
+        BLACK
+    } else {
+        WHITE
+    }
+}
+
+/// The value range a scale maps to colours.
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    /// No finite off-diagonal value: nothing to map.
+    Empty,
+    /// Sequential: minimum and maximum.
+    MinMax(f64, f64),
+    /// Diverging: the largest magnitude.
+    Symmetric(f64),
+}
+
+impl Range {
+    fn of(matrix: &[Vec<f64>], scale: Scale) -> Range {
+        let values = matrix.iter().enumerate().flat_map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .filter(move |&(j, v)| j != i && v.is_finite())
+                .map(|(_, &v)| v)
+        });
+        let (mut lo, mut hi, mut any) = (f64::INFINITY, f64::NEG_INFINITY, false);
+        for v in values {
+            lo = lo.min(v);
+            hi = hi.max(v);
+            any = true;
+        }
+        match (any, scale) {
+            (false, _) => Range::Empty,
+            (true, Scale::Sequential) => Range::MinMax(lo, hi),
+            (true, Scale::Diverging) => Range::Symmetric(lo.abs().max(hi.abs())),
+        }
+    }
+
+    /// Colour of a finite value.
+    fn colour(self, v: f64) -> [u8; 3] {
+        match self {
+            Range::Empty => GREY,
+            Range::MinMax(lo, hi) => {
+                let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+                interpolate(&VIRIDIS, t)
+            }
+            Range::Symmetric(m) => {
+                let t = if m > 0.0 { v / m } else { 0.0 };
+                interpolate(&RDBU, (t.clamp(-1.0, 1.0) + 1.0) / 2.0)
+            }
+        }
+    }
+
+    /// Value shown at fraction `f` (0 = bottom, 1 = top) of the colour bar.
+    fn bar_value(self, f: f64) -> f64 {
+        match self {
+            Range::Empty => 0.0,
+            Range::MinMax(lo, hi) => lo + f * (hi - lo),
+            Range::Symmetric(m) => m * (2.0 * f - 1.0),
+        }
+    }
+
+    /// Colour-bar labels with their fraction of the bar height (1 = top).
+    fn bar_labels(self) -> Vec<(String, f64)> {
+        match self {
+            Range::Empty => vec![("n/a".into(), 1.0)],
+            Range::MinMax(lo, hi) => {
+                vec![(fmt_value(hi, false), 1.0), (fmt_value(lo, false), 0.0)]
+            }
+            Range::Symmetric(m) => vec![
+                (fmt_value(m, true), 1.0),
+                ("0".into(), 0.5),
+                (fmt_value(-m, true), 0.0),
+            ],
+        }
+    }
+}
+
+/// A value as cell text: one decimal when |v| < 10, else rounded to an
+/// integer; `signed` adds a '+' to positive values.
+fn fmt_value(v: f64, signed: bool) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let s = if v.abs() < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    };
+    let is_zero = s
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.');
+    match (is_zero, s.strip_prefix('-')) {
+        (true, Some(unsigned)) => unsigned.to_string(),
+        (false, None) if signed => format!("+{s}"),
+        _ => s,
+    }
+}
+
+fn truncate_label(label: &str) -> String {
+    label.chars().take(MAX_LABEL_CHARS).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Font
+
+/// Glyph width in font pixels.
+const GLYPH_W: i64 = 5;
+/// Glyph height in font pixels.
+const GLYPH_H: i64 = 7;
+
+/// 5x7 glyphs: one byte per row, top row first, bit 4 = leftmost column.
+/// Lower case is drawn as upper case; unknown characters as '?'.
+#[rustfmt::skip]
+const GLYPHS: [(char, [u8; 7]); 56] = [
+    (' ', [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]),
+    ('0', [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E]),
+    ('1', [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E]),
+    ('2', [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F]),
+    ('3', [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E]),
+    ('4', [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02]),
+    ('5', [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E]),
+    ('6', [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E]),
+    ('7', [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08]),
+    ('8', [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E]),
+    ('9', [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C]),
+    ('A', [0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11]),
+    ('B', [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E]),
+    ('C', [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E]),
+    ('D', [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C]),
+    ('E', [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F]),
+    ('F', [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10]),
+    ('G', [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F]),
+    ('H', [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11]),
+    ('I', [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E]),
+    ('J', [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C]),
+    ('K', [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11]),
+    ('L', [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F]),
+    ('M', [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11]),
+    ('N', [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11]),
+    ('O', [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E]),
+    ('P', [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10]),
+    ('Q', [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D]),
+    ('R', [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11]),
+    ('S', [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E]),
+    ('T', [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04]),
+    ('U', [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E]),
+    ('V', [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04]),
+    ('W', [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A]),
+    ('X', [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11]),
+    ('Y', [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04]),
+    ('Z', [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F]),
+    ('-', [0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00]),
+    ('.', [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C]),
+    ('%', [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03]),
+    ('+', [0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00]),
+    ('/', [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00]),
+    ('_', [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F]),
+    (':', [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00]),
+    (',', [0x00, 0x00, 0x00, 0x00, 0x0C, 0x04, 0x08]),
+    ('(', [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02]),
+    (')', [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08]),
+    ('=', [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00]),
+    ('<', [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02]),
+    ('>', [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08]),
+    ('\'', [0x0C, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00]),
+    ('"', [0x0A, 0x0A, 0x00, 0x00, 0x00, 0x00, 0x00]),
+    ('#', [0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A]),
+    ('*', [0x00, 0x04, 0x15, 0x0E, 0x15, 0x04, 0x00]),
+    ('!', [0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04]),
+    ('?', [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04]),
+];
+
+fn glyph(c: char) -> &'static [u8; 7] {
+    let c = c.to_ascii_uppercase();
+    let find = |c: char| GLYPHS.iter().find(|(g, _)| *g == c).map(|(_, rows)| rows);
+    find(c).or_else(|| find('?')).expect("'?' is in the font")
+}
+
+/// Width in pixels of `text` at `scale` (1 font pixel of space between glyphs).
+fn text_w(text: &str, scale: i64) -> i64 {
+    let n = text.chars().count() as i64;
+    if n == 0 {
+        0
+    } else {
+        n * (GLYPH_W + 1) * scale - scale
+    }
+}
+
+fn text_h(scale: i64) -> i64 {
+    GLYPH_H * scale
+}
+
+// ---------------------------------------------------------------------------
+// Canvas
+
+/// An RGB8 image with clipped drawing.
+struct Canvas {
+    w: i64,
+    h: i64,
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(w: i64, h: i64) -> Canvas {
+        Canvas {
+            w,
+            h,
+            px: vec![255; (w * h * 3) as usize],
+        }
+    }
+
+    fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
+        let (x0, x1) = (x.max(0), (x + w).min(self.w));
+        let (y0, y1) = (y.max(0), (y + h).min(self.h));
+        for yy in y0..y1 {
+            for xx in x0..x1 {
+                let i = ((yy * self.w + xx) * 3) as usize;
+                self.px[i..i + 3].copy_from_slice(&c);
+            }
+        }
+    }
+
+    /// 1 px outline just outside the rectangle.
+    fn outline(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
+        self.fill_rect(x - 1, y - 1, w + 2, 1, c);
+        self.fill_rect(x - 1, y + h, w + 2, 1, c);
+        self.fill_rect(x - 1, y, 1, h, c);
+        self.fill_rect(x + w, y, 1, h, c);
+    }
+
+    /// Horizontal text with its top-left corner at (x, y).
+    fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: [u8; 3]) {
+        glyph_blocks(text, scale, |u, v| {
+            self.fill_rect(x + u, y + v, scale, scale, c)
+        });
+    }
+
+    /// Text rotated 90° counter-clockwise (reading bottom to top), its left
+    /// edge at `x` and its start at the exclusive bottom edge `y_bottom`.
+    fn text_vertical(&mut self, x: i64, y_bottom: i64, text: &str, scale: i64, c: [u8; 3]) {
+        glyph_blocks(text, scale, |u, v| {
+            self.fill_rect(x + v, y_bottom - u - scale, scale, scale, c)
+        });
+    }
+}
+
+/// Calls `block(u, v)` for every lit font pixel, (u, v) being its offset
+/// from the top-left of upright text.
+fn glyph_blocks(text: &str, scale: i64, mut block: impl FnMut(i64, i64)) {
+    for (k, ch) in text.chars().enumerate() {
+        let left = k as i64 * (GLYPH_W + 1) * scale;
+        for (row, bits) in glyph(ch).iter().enumerate() {
+            for col in 0..GLYPH_W {
+                if bits & (1 << (GLYPH_W - 1 - col)) != 0 {
+                    block(left + col * scale, row as i64 * scale);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layout and drawing
+
+/// Where everything goes, in pixels.
+#[derive(Debug, Clone)]
+struct Layout {
+    width: i64,
+    height: i64,
+    cell: i64,
+    label_scale: i64,
+    title_scale: i64,
+    title_y: i64,
+    /// Column labels end (exclusive) at this y.
+    col_label_bottom: i64,
+    col_labels_vertical: bool,
+    grid_x: i64,
+    grid_y: i64,
+    bar_x: i64,
+    bar_w: i64,
+    bar_label_x: i64,
+}
+
+impl Layout {
+    fn new(n: usize, labels: &[String], title: &str, range: Range, cell_px: u32) -> Layout {
+        let cell = i64::from(cell_px);
+        let label_scale = if cell >= 40 { 2 } else { 1 };
+        let title_scale = label_scale + 1;
+
+        let label_w = labels
+            .iter()
+            .map(|l| text_w(l, label_scale))
+            .max()
+            .unwrap_or(0);
+        let col_labels_vertical = label_w > cell - 2;
+        let col_h = if col_labels_vertical {
+            label_w
+        } else {
+            text_h(label_scale)
+        };
+        let title_h = if title.is_empty() {
+            0
+        } else {
+            text_h(title_scale) + GAP
+        };
+
+        let title_y = MARGIN;
+        let col_label_bottom = MARGIN + title_h + col_h;
+        let grid_x = MARGIN + label_w + GAP;
+        let grid_y = col_label_bottom + GAP;
+        let grid = n as i64 * cell;
+
+        let bar_x = grid_x + grid + 2 * GAP;
+        let bar_w = (cell / 3).max(8);
+        let bar_label_x = bar_x + bar_w + GAP;
+        let bar_label_w = range
+            .bar_labels()
+            .iter()
+            .map(|(s, _)| text_w(s, label_scale))
+            .max()
+            .unwrap_or(0);
+
+        let width =
+            (bar_label_x + bar_label_w + MARGIN).max(2 * MARGIN + text_w(title, title_scale));
+        // The colour-bar labels may be taller than a tiny grid.
+        let height = grid_y + grid.max(text_h(label_scale)) + MARGIN;
+        Layout {
+            width,
+            height,
+            cell,
+            label_scale,
+            title_scale,
+            title_y,
+            col_label_bottom,
+            col_labels_vertical,
+            grid_x,
+            grid_y,
+            bar_x,
+            bar_w,
+            bar_label_x,
+        }
+    }
+
+    /// Top-left pixel of cell (row, col).
+    fn cell_origin(&self, row: usize, col: usize) -> (i64, i64) {
+        (
+            self.grid_x + col as i64 * self.cell,
+            self.grid_y + row as i64 * self.cell,
+        )
+    }
+}
+
+/// Largest text scale at which `text` fits inside a cell with a 2 px margin
+/// all round, if any.
+fn cell_text_scale(text: &str, cell: i64) -> Option<i64> {
+    let max = (cell / 20).clamp(1, 3);
+    (1..=max)
+        .rev()
+        .find(|&s| text_w(text, s) + 4 <= cell && text_h(s) + 4 <= cell)
+}
+
+fn draw(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Canvas {
+    let n = matrix.len();
+    let labels: Vec<String> = spec.labels.iter().map(|l| truncate_label(l)).collect();
+    let range = Range::of(matrix, spec.scale);
+    let lay = Layout::new(n, &labels, spec.title, range, spec.cell_px);
+    let mut cv = Canvas::new(lay.width, lay.height);
+    let (ls, cell) = (lay.label_scale, lay.cell);
+
+    // Title, centred.
+    if !spec.title.is_empty() {
+        let x = (lay.width - text_w(spec.title, lay.title_scale)) / 2;
+        cv.text(x, lay.title_y, spec.title, lay.title_scale, BLACK);
+    }
+
+    // Row labels (right-aligned) and column labels.
+    for (i, label) in labels.iter().enumerate() {
+        let (cx, cy) = lay.cell_origin(i, i);
+        let x = lay.grid_x - GAP - text_w(label, ls);
+        cv.text(x, cy + (cell - text_h(ls)) / 2, label, ls, BLACK);
+        if lay.col_labels_vertical {
+            let x = cx + (cell - text_h(ls)) / 2;
+            cv.text_vertical(x, lay.col_label_bottom, label, ls, BLACK);
+        } else {
+            let x = cx + (cell - text_w(label, ls)) / 2;
+            cv.text(x, lay.col_label_bottom - text_h(ls), label, ls, BLACK);
+        }
+    }
+
+    // Cells.
+    let signed = spec.scale == Scale::Diverging;
+    for (i, row) in matrix.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let (x, y) = lay.cell_origin(i, j);
+            if i == j {
+                cv.fill_rect(x, y, cell, cell, GREY);
+                continue;
+            }
+            let bg = if v.is_finite() { range.colour(v) } else { GREY };
+            cv.fill_rect(x, y, cell, cell, bg);
+            let text = fmt_value(v, signed);
+            if let Some(s) = cell_text_scale(&text, cell) {
+                let tx = x + (cell - text_w(&text, s)) / 2;
+                let ty = y + (cell - text_h(s)) / 2;
+                cv.text(tx, ty, &text, s, text_colour(bg));
+            }
+        }
+    }
+
+    // Colour bar, top = maximum.
+    let grid = n as i64 * cell;
+    for k in 0..grid {
+        let f = if grid > 1 {
+            1.0 - k as f64 / (grid - 1) as f64
+        } else {
+            1.0
+        };
+        let c = match range {
+            Range::Empty => GREY,
+            _ => range.colour(range.bar_value(f)),
+        };
+        cv.fill_rect(lay.bar_x, lay.grid_y + k, lay.bar_w, 1, c);
+    }
+    cv.outline(lay.bar_x, lay.grid_y, lay.bar_w, grid, OUTLINE);
+    let span = (grid - text_h(ls)).max(0);
+    for (text, f) in range.bar_labels() {
+        let y = lay.grid_y + ((1.0 - f) * span as f64).round() as i64;
+        cv.text(lay.bar_label_x, y, &text, ls, BLACK);
+    }
+    cv
+}
+
+fn encode(cv: &Canvas) -> Result<Vec<u8>> {
+    let png_err =
+        |e: png::EncodingError| Error::Input(format!("heatmap: PNG encoding failed: {e}"));
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, cv.w as u32, cv.h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(png_err)?;
+        writer.write_image_data(&cv.px).map_err(png_err)?;
+        writer.finish().map_err(png_err)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("class{i}")).collect()
+    }
+
+    fn spec<'a>(labels: &'a [String], scale: Scale) -> HeatmapSpec<'a> {
+        HeatmapSpec {
+            title: "Class distance",
+            labels,
+            scale,
+            cell_px: 40,
+        }
+    }
+
+    /// Decodes an RGB8 PNG into (width, height, pixels).
+    fn decode(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+        let decoder = png::Decoder::new(bytes);
+        let mut reader = decoder.read_info().expect("PNG header");
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).expect("PNG frame");
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    fn pixel(img: &(u32, u32, Vec<u8>), x: i64, y: i64) -> [u8; 3] {
+        let i = ((y * i64::from(img.0) + x) * 3) as usize;
+        [img.2[i], img.2[i + 1], img.2[i + 2]]
+    }
+
+    fn layout_of(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Layout {
+        let l: Vec<String> = spec.labels.iter().map(|l| truncate_label(l)).collect();
+        let range = Range::of(matrix, spec.scale);
+        Layout::new(matrix.len(), &l, spec.title, range, spec.cell_px)
+    }
+
+    /// A pixel near the top-left corner of a cell, away from its text.
+    fn cell_corner(img: &(u32, u32, Vec<u8>), lay: &Layout, r: usize, c: usize) -> [u8; 3] {
+        let (x, y) = lay.cell_origin(r, c);
+        pixel(img, x + 1, y + 1)
+    }
+
+    fn sample_matrix() -> Vec<Vec<f64>> {
+        vec![
+            vec![0.0, 3.5, 120.0],
+            vec![42.0, 0.0, 7.25],
+            vec![f64::NAN, 15.0, 0.0],
+        ]
+    }
+
+    #[test]
+    fn png_has_layout_dimensions() {
+        let m = sample_matrix();
+        let l = labels(3);
+        let s = spec(&l, Scale::Sequential);
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        assert_eq!(
+            (i64::from(img.0), i64::from(img.1)),
+            (lay.width, lay.height)
+        );
+        // Grid plus labels, title and colour bar.
+        assert!(
+            img.0 > 3 * 40 + 40 && img.1 > 3 * 40 + 20,
+            "{}x{}",
+            img.0,
+            img.1
+        );
+        // Background of the top-left corner is white.
+        assert_eq!(pixel(&img, 0, 0), WHITE);
+    }
+
+    #[test]
+    fn tiny_cells_and_single_class_render() {
+        let l = labels(4);
+        let m = vec![vec![1.0; 4]; 4];
+        let s = HeatmapSpec {
+            title: "",
+            labels: &l,
+            scale: Scale::Sequential,
+            cell_px: 1,
+        };
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        assert_eq!(
+            (i64::from(img.0), i64::from(img.1)),
+            (lay.width, lay.height)
+        );
+
+        let one = vec!["only".to_string()];
+        let s = HeatmapSpec {
+            title: "t",
+            labels: &one,
+            scale: Scale::Diverging,
+            cell_px: 30,
+        };
+        let m = vec![vec![0.0]];
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        assert_eq!(cell_corner(&img, &lay, 0, 0), GREY);
+    }
+
+    #[test]
+    fn sequential_max_is_brighter_than_min() {
+        let m = sample_matrix();
+        let l = labels(3);
+        let s = spec(&l, Scale::Sequential);
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        let min = cell_corner(&img, &lay, 0, 1); // 3.5
+        let max = cell_corner(&img, &lay, 0, 2); // 120
+        let mid = cell_corner(&img, &lay, 1, 0); // 42
+        assert!(luminance(max) > luminance(mid), "{max:?} vs {mid:?}");
+        assert!(luminance(mid) > luminance(min), "{mid:?} vs {min:?}");
+        assert_eq!(min, interpolate(&VIRIDIS, 0.0));
+        assert_eq!(max, interpolate(&VIRIDIS, 1.0));
+    }
+
+    #[test]
+    fn diverging_signs_are_red_and_blue() {
+        let m = vec![
+            vec![0.0, 5.0, -5.0],
+            vec![-2.0, 0.0, 12.0],
+            vec![0.0, -12.0, 0.0],
+        ];
+        let l = labels(3);
+        let s = spec(&l, Scale::Diverging);
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        for (r, c) in [(0, 1), (1, 2)] {
+            let p = cell_corner(&img, &lay, r, c);
+            assert!(p[0] > p[2] + 20, "positive cell ({r},{c}) {p:?}");
+        }
+        for (r, c) in [(0, 2), (1, 0), (2, 1)] {
+            let p = cell_corner(&img, &lay, r, c);
+            assert!(p[2] > p[0] + 20, "negative cell ({r},{c}) {p:?}");
+        }
+        // Zero is (near) white.
+        let z = cell_corner(&img, &lay, 2, 0);
+        assert!(z.iter().all(|&v| v > 240), "{z:?}");
+        // The colour bar is red at the top and blue at the bottom.
+        let grid = 3 * lay.cell;
+        let top = pixel(&img, lay.bar_x + 1, lay.grid_y);
+        let bottom = pixel(&img, lay.bar_x + 1, lay.grid_y + grid - 1);
+        assert!(
+            top[0] > top[2] && bottom[2] > bottom[0],
+            "{top:?} {bottom:?}"
+        );
+    }
+
+    #[test]
+    fn diagonal_and_non_finite_cells_are_grey() {
+        let m = sample_matrix();
+        let l = labels(3);
+        for scale in [Scale::Sequential, Scale::Diverging] {
+            let s = spec(&l, scale);
+            let img = decode(&render_png(&m, &s).unwrap());
+            let lay = layout_of(&m, &s);
+            for i in 0..3 {
+                assert_eq!(cell_corner(&img, &lay, i, i), GREY);
+                let (x, y) = lay.cell_origin(i, i);
+                // No text on the diagonal.
+                assert_eq!(pixel(&img, x + 20, y + 20), GREY);
+            }
+            assert_eq!(cell_corner(&img, &lay, 2, 0), GREY, "NaN cell");
+        }
+    }
+
+    #[test]
+    fn cell_text_contrasts_with_background() {
+        let m = sample_matrix();
+        let l = labels(3);
+        let s = spec(&l, Scale::Sequential);
+        let img = decode(&render_png(&m, &s).unwrap());
+        let lay = layout_of(&m, &s);
+        let count = |r: usize, c: usize, colour: [u8; 3]| {
+            let (x, y) = lay.cell_origin(r, c);
+            let mut k = 0;
+            for yy in y..y + lay.cell {
+                for xx in x..x + lay.cell {
+                    k += usize::from(pixel(&img, xx, yy) == colour);
+                }
+            }
+            k
+        };
+        // Dark minimum cell: white text; bright maximum cell: black text.
+        assert!(count(0, 1, WHITE) > 10);
+        assert!(count(0, 2, BLACK) > 10);
+    }
+
+    #[test]
+    fn value_formatting() {
+        assert_eq!(fmt_value(3.54, false), "3.5");
+        assert_eq!(fmt_value(-9.94, false), "-9.9");
+        assert_eq!(fmt_value(123.6, false), "124");
+        assert_eq!(fmt_value(-0.01, false), "0.0");
+        assert_eq!(fmt_value(2.0, true), "+2.0");
+        assert_eq!(fmt_value(0.0, true), "0.0");
+        assert_eq!(fmt_value(f64::NAN, false), "NaN");
+        assert_eq!(truncate_label("automobile"), "automobi");
+        for c in "0123456789-.%+ /abcxyzABCXYZ".chars() {
+            assert!(
+                GLYPHS.iter().any(|(g, _)| *g == c.to_ascii_uppercase()),
+                "{c}"
+            );
+        }
+        assert_eq!(glyph('~'), glyph('?'));
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let l3 = labels(3);
+        let s = spec(&l3, Scale::Sequential);
+        let is_input = |r: Result<Vec<u8>>| matches!(r, Err(Error::Input(_)));
+
+        assert!(is_input(render_png(&[], &spec(&[], Scale::Sequential))));
+        let ragged = vec![vec![0.0; 3], vec![0.0; 2], vec![0.0; 3]];
+        assert!(is_input(render_png(&ragged, &s)));
+        let wide = vec![vec![0.0; 4]; 3];
+        assert!(is_input(render_png(&wide, &s)));
+        let l2 = labels(2);
+        assert!(is_input(render_png(
+            &sample_matrix(),
+            &spec(&l2, Scale::Sequential)
+        )));
+        let zero = HeatmapSpec { cell_px: 0, ..s };
+        assert!(is_input(render_png(&sample_matrix(), &zero)));
+        let huge = HeatmapSpec {
+            cell_px: 100_000,
+            ..s
+        };
+        assert!(is_input(render_png(&sample_matrix(), &huge)));
+        let msg = render_png(&ragged, &s).unwrap_err().to_string();
+        assert!(msg.contains("not square"), "{msg}");
+    }
+
+    #[test]
+    fn write_png_writes_file_and_reports_io_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heat.png");
+        let l = labels(3);
+        let s = spec(&l, Scale::Diverging);
+        write_png(&path, &sample_matrix(), &s).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes, render_png(&sample_matrix(), &s).unwrap());
+
+        let bad = dir.path().join("missing").join("heat.png");
+        match write_png(&bad, &sample_matrix(), &s) {
+            Err(Error::Io { context, .. }) => {
+                assert!(context.starts_with("writing heatmap "), "{context}");
+                assert!(context.contains("missing"), "{context}");
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! Trigger inversion (Neural Cleanse style), ALGORITHM.md section 2: one
+//! optimiser that serves all three uses (universal warm-up triggers, the
+//! two-sided generation of Algorithm 1, and distance measurement).
+//!
+//! Several *directions* are optimised at once. Each direction owns a trigger,
+//! a target label, a cost, a cost schedule and a best trigger, and reads its
+//! samples from one of the task's sample sets. Their losses are summed; since
+//! a trigger only touches its own direction's samples and Adam is
+//! element-wise, the joint run equals separate runs, but every mini-batch is
+//! one forward pass over all directions. Per-step statistics stay on the
+//! device and are read once per step (one host synchronisation per step).
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::config::{InversionBudget, InversionConfig};
+use crate::model::Classifier;
+use crate::trigger::{from_param, stamp, to_param, Trigger};
+use crate::{Error, Result};
+
+/// One direction of an inversion task: flip the samples of `sets[set]` to
+/// `target`, starting from `init` (random when `None`).
+#[derive(Debug)]
+pub struct Direction {
+    /// Index of the sample set this direction reads.
+    pub set: usize,
+    /// Target label.
+    pub target: i64,
+    /// Initial trigger (e.g. from the cache).
+    pub init: Option<Trigger>,
+}
+
+/// What to invert and for how long.
+#[derive(Debug)]
+pub struct InversionTask<'a> {
+    /// Sample sets, each `[n, C, H, W]` in `[0,1]`; directions index them.
+    pub sets: &'a [Tensor],
+    /// The directions optimised jointly.
+    pub directions: Vec<Direction>,
+    /// Steps, initial cost and ASR bound.
+    pub budget: InversionBudget,
+    /// Record each sample's cross-entropy before the first step and under
+    /// the best trigger (the warm-up's prior scores need them).
+    pub record_sample_losses: bool,
+}
+
+/// The result of one direction.
+#[derive(Debug)]
+pub struct DirectionOutcome {
+    /// The best trigger; all zero when the bound was never reached.
+    pub trigger: Trigger,
+    /// Whether any step reached the ASR bound.
+    pub reached: bool,
+    /// Size of `trigger` (`C * sum(mask)`); 0 on failure.
+    pub size: f64,
+    /// ASR of the step that produced the best trigger (0 on failure).
+    pub asr: f64,
+    /// The cost when the run ended.
+    pub final_cost: f64,
+    /// Per-sample cross-entropy with the initial trigger (when recorded).
+    pub sample_loss_start: Vec<f64>,
+    /// Per-sample cross-entropy with the best trigger (when recorded and reached).
+    pub sample_loss_best: Vec<f64>,
+}
+
+/// The cost schedule of one direction (patience counters, ALGORITHM.md §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostSchedule {
+    /// Current weight of the mask L1 term.
+    pub cost: f64,
+    init_cost: f64,
+    up: usize,
+    down: usize,
+    zero_hits: usize,
+}
+
+impl CostSchedule {
+    /// Starts at `init_cost`.
+    pub fn new(init_cost: f64) -> Self {
+        CostSchedule {
+            cost: init_cost,
+            init_cost,
+            up: 0,
+            down: 0,
+            zero_hits: 0,
+        }
+    }
+
+    /// Updates after a step whose ASR did (`reached`) or did not reach the bound.
+    pub fn update(&mut self, reached: bool, cfg: &InversionConfig) {
+        if self.cost == 0.0 {
+            // A zero cost cannot be scaled; once the bound holds for a whole
+            // patience window the initial cost is brought back.
+            self.zero_hits = if reached { self.zero_hits + 1 } else { 0 };
+            if self.zero_hits >= cfg.patience {
+                self.cost = if self.init_cost > 0.0 {
+                    self.init_cost
+                } else {
+                    1e-3
+                };
+                self.zero_hits = 0;
+                self.up = 0;
+                self.down = 0;
+            }
+            return;
+        }
+        if reached {
+            self.up += 1;
+            self.down = 0;
+        } else {
+            self.up = 0;
+            self.down += 1;
+        }
+        if self.up >= cfg.patience {
+            self.up = 0;
+            self.cost *= cfg.cost_factor;
+        } else if self.down >= cfg.patience {
+            self.down = 0;
+            self.cost /= cfg.cost_factor.powf(1.5);
+        }
+    }
+}
+
+/// Mini-batch layout of a task: every mini-batch takes `width` positions of
+/// every direction; a direction with fewer samples than `width` has its
+/// surplus positions weighted 0.
+struct Layout {
+    width: i64,
+    batches: i64,
+    counts: Vec<i64>,
+    offsets: Vec<i64>,
+}
+
+impl Layout {
+    fn new(task: &InversionTask, cfg: &InversionConfig) -> Result<Self> {
+        let set_sizes: Vec<i64> = task.sets.iter().map(|s| s.size()[0]).collect();
+        let mut offsets = Vec::with_capacity(task.directions.len());
+        let mut counts = Vec::with_capacity(task.directions.len());
+        for d in &task.directions {
+            let n = *set_sizes.get(d.set).ok_or_else(|| {
+                Error::Input(format!(
+                    "direction names sample set {} of {}",
+                    d.set,
+                    set_sizes.len()
+                ))
+            })?;
+            if n == 0 {
+                return Err(Error::Input(format!("sample set {} is empty", d.set)));
+            }
+            offsets.push(set_sizes[..d.set].iter().sum());
+            counts.push(n);
+        }
+        let max_n = counts.iter().copied().max().unwrap_or(0);
+        let width = (cfg.batch_size as i64).min(max_n);
+        let batches = (max_n + width - 1) / width;
+        Ok(Layout {
+            width,
+            batches,
+            counts,
+            offsets,
+        })
+    }
+
+    /// `[K, width]` weights: 1 for a real sample position, 0 for padding.
+    fn weights(&self, device: Device) -> Result<Tensor> {
+        let w: Vec<f32> = self
+            .counts
+            .iter()
+            .flat_map(|&n| {
+                (0..self.width).map(move |i| if n >= self.width || i < n { 1.0 } else { 0.0 })
+            })
+            .collect();
+        Ok(Tensor::f_from_slice(&w)?
+            .f_view([self.counts.len() as i64, self.width])?
+            .f_to_device(device)?)
+    }
+
+    /// `[K, batches * width]` indices into the concatenated sets, a fresh
+    /// shuffle of each direction's samples, wrapped around where short.
+    /// Drawn on the host from the run's own RNG, so results never depend on
+    /// libtorch's global generator (which other threads may reseed).
+    fn shuffled_indices(&self, rng: &mut ChaCha8Rng, device: Device) -> Result<Tensor> {
+        let total = (self.batches * self.width) as usize;
+        let mut all = Vec::with_capacity(total * self.counts.len());
+        for (&n, &off) in self.counts.iter().zip(&self.offsets) {
+            let mut perm: Vec<i64> = (off..off + n).collect();
+            perm.shuffle(rng);
+            all.extend((0..total).map(|p| perm[p % n as usize]));
+        }
+        Ok(Tensor::f_from_slice(&all)?
+            .f_view([self.counts.len() as i64, total as i64])?
+            .f_to_device(device)?)
+    }
+}
+
+/// Uniform values in `[lo, hi)` of the given shape, from the run's RNG.
+fn uniform(
+    rng: &mut ChaCha8Rng,
+    shape: &[i64],
+    lo: f32,
+    hi: f32,
+    device: Device,
+) -> Result<Tensor> {
+    let n: i64 = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Ok(Tensor::f_from_slice(&v)?
+        .f_view(shape)?
+        .f_to_device(device)?)
+}
+
+/// Adam state for the two parameter tensors of a task.
+struct Adam {
+    m: [Tensor; 2],
+    v: [Tensor; 2],
+    t: i32,
+}
+
+impl Adam {
+    fn new(params: [&Tensor; 2]) -> Result<Self> {
+        let z = |p: &Tensor| p.f_zeros_like();
+        Ok(Adam {
+            m: [z(params[0])?, z(params[1])?],
+            v: [z(params[0])?, z(params[1])?],
+            t: 0,
+        })
+    }
+
+    fn step(
+        &mut self,
+        params: [&mut Tensor; 2],
+        grads: &[Tensor],
+        cfg: &InversionConfig,
+    ) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - cfg.beta1.powi(self.t);
+        let bc2 = 1.0 - cfg.beta2.powi(self.t);
+        tch::no_grad(|| -> Result<()> {
+            for (i, p) in params.into_iter().enumerate() {
+                let g = &grads[i];
+                self.m[i] = self.m[i]
+                    .f_mul_scalar(cfg.beta1)?
+                    .f_add(&g.f_mul_scalar(1.0 - cfg.beta1)?)?;
+                self.v[i] = self.v[i]
+                    .f_mul_scalar(cfg.beta2)?
+                    .f_add(&g.f_square()?.f_mul_scalar(1.0 - cfg.beta2)?)?;
+                let denom = self.v[i].f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(1e-8)?;
+                let update = self.m[i].f_div(&denom)?.f_mul_scalar(cfg.lr / bc1)?;
+                let _ = p.f_sub_(&update)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Initial `[K,1,H,W]` mask and `[K,C,H,W]` pattern: the given triggers, or
+/// uniform random values.
+fn initial_values(
+    task: &InversionTask,
+    shape: [i64; 3],
+    rng: &mut ChaCha8Rng,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let [c, h, w] = shape;
+    let mut masks = Vec::new();
+    let mut patterns = Vec::new();
+    for d in &task.directions {
+        match &d.init {
+            Some(t) if t.input_shape() == shape => {
+                masks.push(t.mask.f_to_device(device)?);
+                patterns.push(t.pattern.f_to_device(device)?);
+            }
+            Some(t) => {
+                return Err(Error::Input(format!(
+                    "initial trigger for {:?} inputs, task has {:?}",
+                    t.input_shape(),
+                    shape
+                )))
+            }
+            None => {
+                masks.push(uniform(rng, &[1, h, w], 0.0, 1.0, device)?);
+                patterns.push(uniform(rng, &[c, h, w], 0.0, 1.0, device)?);
+            }
+        }
+    }
+    Ok((Tensor::f_stack(&masks, 0)?, Tensor::f_stack(&patterns, 0)?))
+}
+
+/// Cross-entropy of every sample of every direction under the given
+/// `[K,...]` masks and patterns, without gradients.
+fn sample_losses(
+    model: &dyn Classifier,
+    task: &InversionTask,
+    masks: &Tensor,
+    patterns: &Tensor,
+    which: &[bool],
+) -> Result<Vec<Vec<f64>>> {
+    let device = model.device();
+    tch::no_grad(|| {
+        task.directions
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                if !which[k] {
+                    return Ok(Vec::new());
+                }
+                let k = k as i64;
+                let x = task.sets[d.set].f_to_device(device)?;
+                let stamped = stamp(&x, &masks.f_get(k)?, &patterns.f_get(k)?)?;
+                let n = x.size()[0];
+                let y = Tensor::f_full([n], d.target, (Kind::Int64, device))?;
+                let ce = model.forward(&stamped)?.f_cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    Reduction::None,
+                    -100,
+                    0.0,
+                )?;
+                Ok(Vec::<f64>::try_from(
+                    &ce.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
+                )?)
+            })
+            .collect()
+    })
+}
+
+fn validate_task(task: &InversionTask) -> Result<[i64; 3]> {
+    let first = task
+        .sets
+        .first()
+        .ok_or_else(|| Error::Input("inversion task has no sample set".into()))?;
+    let s = first.size();
+    if s.len() != 4 {
+        return Err(Error::Input(format!(
+            "sample sets must be [n, C, H, W], got {s:?}"
+        )));
+    }
+    for set in task.sets {
+        if set.size()[1..] != s[1..] {
+            return Err(Error::Input(format!(
+                "sample sets disagree on shape: {:?} vs {:?}",
+                set.size(),
+                s
+            )));
+        }
+    }
+    if task.directions.is_empty() {
+        return Err(Error::Input("inversion task has no direction".into()));
+    }
+    Ok([s[1], s[2], s[3]])
+}
+
+/// Runs the inversion of every direction of `task` on `model` (switched to
+/// eval mode). `seed` seeds the run's own RNG, which draws the random initial
+/// values, shuffles and restart noise on the host: the same seed gives the
+/// same run on the CPU, whatever other threads do with libtorch's generator.
+pub fn invert(
+    model: &mut dyn Classifier,
+    task: &InversionTask,
+    cfg: &InversionConfig,
+    seed: u64,
+) -> Result<Vec<DirectionOutcome>> {
+    let shape = validate_task(task)?;
+    crate::config::validate_budget("inversion budget", &task.budget)?;
+    model.set_train(false)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let device = model.device();
+    let k = task.directions.len() as i64;
+    let layout = Layout::new(task, cfg)?;
+    let all = Tensor::f_cat(task.sets, 0)?
+        .f_to_device(device)?
+        .f_to_kind(Kind::Float)?;
+    let weights = layout.weights(device)?;
+    let weight_sum = weights.f_sum_dim_intlist(1, false, Kind::Float)?;
+    let targets: Vec<i64> = task.directions.iter().map(|d| d.target).collect();
+    let targets = Tensor::f_from_slice(&targets)?
+        .f_to_device(device)?
+        .f_repeat_interleave_self_int(layout.width, 0, None)?;
+
+    let (mask0, pattern0) = initial_values(task, shape, &mut rng, device)?;
+    let mut tm = to_param(&mask0)?.f_set_requires_grad(true)?;
+    let mut tp = to_param(&pattern0)?.f_set_requires_grad(true)?;
+    let mut adam = Adam::new([&tm, &tp])?;
+    let mut schedules: Vec<CostSchedule> = (0..k)
+        .map(|_| CostSchedule::new(task.budget.init_cost))
+        .collect();
+    let mut best_mask = mask0.f_zeros_like()?;
+    let mut best_pattern = pattern0.f_zeros_like()?;
+    let mut best_l1 = vec![f64::INFINITY; k as usize];
+    let mut best_asr = vec![0.0; k as usize];
+    let record = task.record_sample_losses;
+    let everything = vec![true; k as usize];
+    let loss_start = if record {
+        sample_losses(model, task, &mask0, &pattern0, &everything)?
+    } else {
+        vec![Vec::new(); k as usize]
+    };
+    let mut loss_best = vec![Vec::new(); k as usize];
+    let [c, h, w] = shape;
+
+    for _step in 0..task.budget.steps {
+        let costs: Vec<f32> = schedules.iter().map(|s| s.cost as f32).collect();
+        let costs = Tensor::f_from_slice(&costs)?.f_to_device(device)?;
+        let order = layout.shuffled_indices(&mut rng, device)?;
+        let mut hits = Tensor::f_zeros([k], (Kind::Float, device))?;
+        let mut used = (mask0.shallow_clone(), pattern0.shallow_clone());
+        for j in 0..layout.batches {
+            let idx = order
+                .f_narrow(1, j * layout.width, layout.width)?
+                .f_flatten(0, -1)?;
+            let xb = all
+                .f_index_select(0, &idx)?
+                .f_view([k, layout.width, c, h, w])?;
+            let m = from_param(&tm)?;
+            let p = from_param(&tp)?;
+            let stamped = stamp(&xb, &m.f_unsqueeze(1)?, &p.f_unsqueeze(1)?)?.f_view([
+                k * layout.width,
+                c,
+                h,
+                w,
+            ])?;
+            let logits = model.forward(&stamped)?;
+            let ce = logits
+                .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0)?
+                .f_view([k, layout.width])?;
+            let ce_dir = ce
+                .f_mul(&weights)?
+                .f_sum_dim_intlist(1, false, Kind::Float)?
+                .f_div(&weight_sum)?;
+            let l1 = m.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)?;
+            let loss = ce_dir.f_add(&l1.f_mul(&costs)?)?.f_sum(Kind::Float)?;
+            let grads = Tensor::f_run_backward(&[&loss], &[&tm, &tp], false, false)?;
+            used = (m.f_detach()?, p.f_detach()?);
+            adam.step([&mut tm, &mut tp], &grads, cfg)?;
+            let hit = tch::no_grad(|| -> Result<Tensor> {
+                let ok = logits
+                    .f_argmax(-1, false)?
+                    .f_eq_tensor(&targets)?
+                    .f_to_kind(Kind::Float)?;
+                Ok(ok
+                    .f_view([k, layout.width])?
+                    .f_mul(&weights)?
+                    .f_sum_dim_intlist(1, false, Kind::Float)?)
+            })?;
+            hits = hits.f_add(&hit)?;
+        }
+        // The candidate for "best" is the trigger the last mini-batch was
+        // evaluated with (before its update), so that a saved trigger is one
+        // whose success was observed. One host read per step.
+        let (m_end, p_end) = used;
+        let asr = hits.f_div(&weight_sum.f_mul_scalar(layout.batches as f64)?)?;
+        let l1_end = m_end.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)?;
+        let stats = Vec::<f64>::try_from(
+            &Tensor::f_cat(&[asr, l1_end], 0)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?,
+        )?;
+        let (asr, l1) = stats.split_at(k as usize);
+        let mut improved = vec![false; k as usize];
+        for i in 0..k as usize {
+            let reached = asr[i] >= task.budget.asr_bound;
+            if !l1[i].is_finite() {
+                return Err(Error::Input(
+                    "inversion diverged: non-finite mask (NaN in model outputs?)".into(),
+                ));
+            }
+            if reached && l1[i] < best_l1[i] {
+                improved[i] = true;
+                best_l1[i] = l1[i];
+                best_asr[i] = asr[i];
+            }
+            schedules[i].update(reached, cfg);
+        }
+        if improved.iter().any(|&b| b) {
+            let sel = Tensor::f_from_slice(&improved)?.f_to_device(device)?;
+            let sel_m = sel.f_view([k, 1, 1, 1])?;
+            best_mask = m_end.f_where_self(&sel_m, &best_mask)?;
+            best_pattern = p_end.f_where_self(&sel_m, &best_pattern)?;
+            restart_from_best(
+                &mut tm,
+                &mut tp,
+                &best_mask,
+                &best_pattern,
+                &sel_m,
+                cfg.restart_noise,
+                &mut rng,
+            )?;
+            if record {
+                let fresh = sample_losses(model, task, &best_mask, &best_pattern, &improved)?;
+                for (i, v) in fresh.into_iter().enumerate() {
+                    if improved[i] {
+                        loss_best[i] = v;
+                    }
+                }
+            }
+        }
+    }
+    collect_outcomes(
+        shape,
+        device,
+        best_mask,
+        best_pattern,
+        best_l1,
+        best_asr,
+        schedules,
+        loss_start,
+        loss_best,
+    )
+}
+
+/// Restarts the selected directions from their best trigger plus uniform
+/// noise, to leave the local minimum they settled in.
+fn restart_from_best(
+    tm: &mut Tensor,
+    tp: &mut Tensor,
+    best_mask: &Tensor,
+    best_pattern: &Tensor,
+    sel: &Tensor,
+    noise: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        let mut jitter = |t: &Tensor| -> Result<Tensor> {
+            let u = uniform(
+                rng,
+                &t.size(),
+                -(noise as f32),
+                noise as f32 + f32::EPSILON,
+                t.device(),
+            )?;
+            to_param(&t.f_add(&u)?)
+        };
+        let new_m = jitter(best_mask)?.f_where_self(sel, tm)?;
+        let new_p = jitter(best_pattern)?.f_where_self(sel, tp)?;
+        tm.f_copy_(&new_m)?;
+        tp.f_copy_(&new_p)?;
+        Ok(())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect_outcomes(
+    shape: [i64; 3],
+    device: Device,
+    best_mask: Tensor,
+    best_pattern: Tensor,
+    best_l1: Vec<f64>,
+    best_asr: Vec<f64>,
+    schedules: Vec<CostSchedule>,
+    loss_start: Vec<Vec<f64>>,
+    loss_best: Vec<Vec<f64>>,
+) -> Result<Vec<DirectionOutcome>> {
+    let mut out = Vec::with_capacity(best_l1.len());
+    for (i, ((l1, start), best)) in best_l1.iter().zip(loss_start).zip(loss_best).enumerate() {
+        let reached = l1.is_finite();
+        let trigger = if reached {
+            Trigger {
+                mask: best_mask.f_get(i as i64)?.f_detach()?,
+                pattern: best_pattern.f_get(i as i64)?.f_detach()?,
+            }
+        } else {
+            Trigger::zeros(shape, device)
+        };
+        out.push(DirectionOutcome {
+            size: if reached { trigger.size() } else { 0.0 },
+            trigger,
+            reached,
+            asr: best_asr[i],
+            final_cost: schedules[i].cost,
+            sample_loss_start: start,
+            sample_loss_best: best,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_rises_after_patience_successes_and_falls_after_failures() {
+        let cfg = InversionConfig::default();
+        let mut s = CostSchedule::new(1e-3);
+        for _ in 0..9 {
+            s.update(true, &cfg);
+        }
+        assert_eq!(s.cost, 1e-3);
+        s.update(true, &cfg);
+        assert!((s.cost - 1.5e-3).abs() < 1e-15);
+        for _ in 0..10 {
+            s.update(false, &cfg);
+        }
+        assert!((s.cost - 1.5e-3 / 1.5f64.powf(1.5)).abs() < 1e-15);
+        // A success in between resets the failure counter.
+        let before = s.cost;
+        for _ in 0..9 {
+            s.update(false, &cfg);
+        }
+        s.update(true, &cfg);
+        for _ in 0..9 {
+            s.update(false, &cfg);
+        }
+        assert_eq!(s.cost, before);
+    }
+
+    #[test]
+    fn zero_cost_comes_back_to_initial_after_patience() {
+        let cfg = InversionConfig::default();
+        let mut s = CostSchedule::new(0.0);
+        for _ in 0..9 {
+            s.update(true, &cfg);
+        }
+        assert_eq!(s.cost, 0.0);
+        s.update(true, &cfg);
+        assert!(s.cost > 0.0);
+    }
+}

@@ -1,0 +1,370 @@
+//! Classifiers: the [`Classifier`] abstraction that inversion and hardening
+//! need, moth's built-in CNNs, and TorchScript models exported from PyTorch.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// What moth needs from a model: logits for a batch in `[0,1]` pixel space,
+/// with gradients flowing back to the input, and a train/eval switch.
+///
+/// Inversion runs the model in eval mode and takes gradients only with
+/// respect to trigger parameters; the training step runs it in train mode.
+pub trait Classifier {
+    /// Logits `[n, classes]` for inputs `[n, C, H, W]` in `[0, 1]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Switches between training (true) and evaluation (false) behaviour
+    /// (BatchNorm statistics, dropout).
+    fn set_train(&mut self, train: bool) -> Result<()>;
+    /// Device holding the parameters; inputs are moved there.
+    fn device(&self) -> Device;
+}
+
+/// The built-in architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// Two conv blocks and two dense layers for 1x28x28 inputs (Fashion-MNIST).
+    Cnn28,
+    /// Three conv blocks and two dense layers for 3x32x32 inputs (CIFAR-like).
+    Cnn32,
+}
+
+impl Arch {
+    /// Input shape `[C, H, W]` the architecture expects.
+    pub fn input_shape(self) -> [i64; 3] {
+        match self {
+            Arch::Cnn28 => [1, 28, 28],
+            Arch::Cnn32 => [3, 32, 32],
+        }
+    }
+
+    /// Per-channel normalisation applied inside the model, after stamping.
+    fn normalisation(self) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Arch::Cnn28 => (vec![0.2860], vec![0.3530]),
+            Arch::Cnn32 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+        }
+    }
+
+    fn channels(self) -> Vec<i64> {
+        match self {
+            Arch::Cnn28 => vec![16, 32],
+            Arch::Cnn32 => vec![32, 64, 128],
+        }
+    }
+}
+
+fn build_net(p: &nn::Path, arch: Arch, num_classes: i64) -> nn::SequentialT {
+    let [c, h, _] = arch.input_shape();
+    let (mean, std) = arch.normalisation();
+    let mean = Tensor::from_slice(&mean)
+        .reshape([1, c, 1, 1])
+        .to_device(p.device());
+    let std = Tensor::from_slice(&std)
+        .reshape([1, c, 1, 1])
+        .to_device(p.device());
+    let mut seq = nn::seq_t().add_fn(move |x| (x - &mean) / &std);
+    let conv_cfg = nn::ConvConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let mut in_c = c;
+    let mut side = h;
+    for (i, out_c) in arch.channels().into_iter().enumerate() {
+        seq = seq
+            .add(nn::conv2d(p / format!("conv{i}"), in_c, out_c, 3, conv_cfg))
+            .add(nn::batch_norm2d(
+                p / format!("bn{i}"),
+                out_c,
+                Default::default(),
+            ))
+            .add_fn(|x| x.relu().max_pool2d_default(2));
+        in_c = out_c;
+        side /= 2;
+    }
+    let hidden = if arch == Arch::Cnn28 { 128 } else { 256 };
+    seq.add_fn(|x| x.flatten(1, -1))
+        .add(nn::linear(
+            p / "fc0",
+            in_c * side * side,
+            hidden,
+            Default::default(),
+        ))
+        .add_fn(|x| x.relu())
+        .add_fn_t(|x, train| x.dropout(0.25, train))
+        .add(nn::linear(
+            p / "fc1",
+            hidden,
+            num_classes,
+            Default::default(),
+        ))
+}
+
+enum Body {
+    Builtin(Arch, nn::SequentialT),
+    Script(tch::TrainableCModule),
+}
+
+/// A trainable model: one of the built-in CNNs or a TorchScript module.
+/// Its parameters live in a `VarStore`, so moth's own optimiser trains both.
+pub struct Model {
+    vs: nn::VarStore,
+    body: Body,
+    train: bool,
+    num_classes: i64,
+    input_shape: [i64; 3],
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("kind", &self.describe())
+            .field("num_classes", &self.num_classes)
+            .field("input_shape", &self.input_shape)
+            .finish()
+    }
+}
+
+/// How a built-in model is stored: its architecture, class names and
+/// every variable of its VarStore (BatchNorm statistics included).
+#[derive(Serialize, Deserialize)]
+struct SavedModel {
+    arch: Arch,
+    classes: Vec<String>,
+    variables: Vec<(String, crate::checkpoint::SavedTensor)>,
+}
+
+impl Model {
+    /// A freshly initialised built-in CNN (weights from libtorch's RNG: call
+    /// `tch::manual_seed` first for reproducibility).
+    pub fn builtin(arch: Arch, num_classes: i64, device: Device) -> Result<Self> {
+        if num_classes < 2 {
+            return Err(Error::Input(format!(
+                "a classifier needs at least 2 classes, got {num_classes}"
+            )));
+        }
+        let vs = nn::VarStore::new(device);
+        let net = build_net(&vs.root(), arch, num_classes);
+        Ok(Model {
+            vs,
+            body: Body::Builtin(arch, net),
+            train: false,
+            num_classes,
+            input_shape: arch.input_shape(),
+        })
+    }
+
+    /// Loads a TorchScript module exported from PyTorch (`torch.jit.save`).
+    /// `input_shape` is `[C, H, W]` of its inputs, which must be in `[0,1]`
+    /// (normalisation belongs inside the module). The class count is read
+    /// from one probe forward pass.
+    pub fn torchscript(path: &Path, input_shape: [i64; 3], device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let module = tch::TrainableCModule::load(path, vs.root())
+            .map_err(|e| Error::format(path, format!("cannot load TorchScript module: {e}")))?;
+        let mut model = Model {
+            vs,
+            body: Body::Script(module),
+            train: false,
+            num_classes: 0,
+            input_shape,
+        };
+        model.set_train(false)?;
+        let probe = Tensor::f_zeros(
+            [1, input_shape[0], input_shape[1], input_shape[2]],
+            (Kind::Float, device),
+        )?;
+        let out = tch::no_grad(|| model.forward(&probe)).map_err(|e| {
+            Error::format(
+                path,
+                format!("probe forward with input shape {input_shape:?} failed: {e}"),
+            )
+        })?;
+        let s = out.size();
+        if s.len() != 2 || s[0] != 1 || s[1] < 2 {
+            return Err(Error::format(
+                path,
+                format!("module must return logits [n, classes], returned {s:?}"),
+            ));
+        }
+        model.num_classes = s[1];
+        Ok(model)
+    }
+
+    /// Loads a model file: `.pt` is TorchScript (needs `input_shape`), anything
+    /// else a built-in model written by [`Model::save`].
+    pub fn load(
+        path: &Path,
+        input_shape: Option<[i64; 3]>,
+        device: Device,
+    ) -> Result<(Self, Vec<String>)> {
+        if path.extension().is_some_and(|e| e == "pt" || e == "pth") {
+            let shape = input_shape.ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: a TorchScript model needs its input shape",
+                    path.display()
+                ))
+            })?;
+            let m = Self::torchscript(path, shape, device)?;
+            let names = (0..m.num_classes).map(|i| format!("class {i}")).collect();
+            return Ok((m, names));
+        }
+        let saved: SavedModel =
+            crate::checkpoint::load(path, crate::checkpoint::PayloadKind::Model)?;
+        let mut model = Self::builtin(saved.arch, saved.classes.len() as i64, device)?;
+        model.restore_variables(&saved.variables)?;
+        Ok((model, saved.classes))
+    }
+
+    /// Saves the model: TorchScript models as TorchScript (loadable from
+    /// Python with `torch.jit.load`), built-in models as a moth model file.
+    pub fn save(&self, path: &Path, classes: &[String]) -> Result<()> {
+        match &self.body {
+            Body::Script(m) => m
+                .save(path)
+                .map_err(|e| Error::format(path, format!("cannot save TorchScript module: {e}"))),
+            Body::Builtin(arch, _) => {
+                let saved = SavedModel {
+                    arch: *arch,
+                    classes: classes.to_vec(),
+                    variables: self.variables_saved()?,
+                };
+                crate::checkpoint::save(path, crate::checkpoint::PayloadKind::Model, &saved)
+            }
+        }
+    }
+
+    /// All variables (parameters and buffers) as name-sorted saved tensors.
+    pub fn variables_saved(&self) -> Result<Vec<(String, crate::checkpoint::SavedTensor)>> {
+        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter()
+            .map(|(n, t)| Ok((n, crate::checkpoint::SavedTensor::from_tensor(&t)?)))
+            .collect()
+    }
+
+    /// Copies saved values into the model's variables, checking names and shapes.
+    pub fn restore_variables(
+        &mut self,
+        saved: &[(String, crate::checkpoint::SavedTensor)],
+    ) -> Result<()> {
+        let vars = self.vs.variables();
+        if vars.len() != saved.len() {
+            return Err(Error::Checkpoint(format!(
+                "model has {} variables, saved state has {}",
+                vars.len(),
+                saved.len()
+            )));
+        }
+        for (name, st) in saved {
+            let var = vars.get(name).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "saved variable '{name}' does not exist in the model"
+                ))
+            })?;
+            let value = st.to_tensor(self.vs.device())?;
+            if value.size() != var.size() {
+                return Err(Error::Checkpoint(format!(
+                    "variable '{name}' has shape {:?}, saved {:?}",
+                    var.size(),
+                    value.size()
+                )));
+            }
+            tch::no_grad(|| var.shallow_clone().f_copy_(&value))?;
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters, in a stable (name-sorted) order.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Number of classes the model predicts.
+    pub fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    /// `[C, H, W]` of one input.
+    pub fn input_shape(&self) -> [i64; 3] {
+        self.input_shape
+    }
+
+    /// Whether this is a TorchScript model.
+    pub fn is_torchscript(&self) -> bool {
+        matches!(self.body, Body::Script(_))
+    }
+
+    /// A short description for reports.
+    pub fn describe(&self) -> String {
+        match &self.body {
+            Body::Builtin(a, _) => format!("built-in {a:?}"),
+            Body::Script(_) => "TorchScript module".to_string(),
+        }
+    }
+}
+
+impl Classifier for Model {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.body {
+            Body::Builtin(_, net) => Ok(net.forward_t(x, self.train)),
+            Body::Script(m) => Ok(m.forward_ts(&[x])?),
+        }
+    }
+
+    fn set_train(&mut self, train: bool) -> Result<()> {
+        if let Body::Script(m) = &mut self.body {
+            if train {
+                m.f_set_train()?
+            } else {
+                m.f_set_eval()?
+            }
+        }
+        self.train = train;
+        Ok(())
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+/// Clean accuracy of `model` (in eval mode) on `images`/`labels`, in `[0,1]`.
+pub fn accuracy(
+    model: &mut dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+    batch: i64,
+) -> Result<f64> {
+    model.set_train(false)?;
+    let n = images.size()[0];
+    if n == 0 {
+        return Err(Error::Input("accuracy of an empty set".into()));
+    }
+    let device = model.device();
+    let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;
+    tch::no_grad(|| -> Result<()> {
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            let x = images.f_narrow(0, start, len)?.f_to_device(device)?;
+            let y = labels.f_narrow(0, start, len)?.f_to_device(device)?;
+            let pred = model.forward(&x)?.f_argmax(-1, false)?;
+            correct = correct.f_add(&pred.f_eq_tensor(&y)?.f_sum(Kind::Int64)?)?;
+            start += len;
+        }
+        Ok(())
+    })?;
+    Ok(correct.int64_value(&[]) as f64 / n as f64)
+}

@@ -1,0 +1,218 @@
+//! A complete hardening run driven by moth itself (what `moth harden` and
+//! the benchmark use): moth's own training loop around a [`Session`], with
+//! periodic accuracy checks and a copy of the last model within the bound.
+//!
+//! External trainers (C++, Go, Julia) do what this module does with their
+//! own loop; it is also the reference for how to drive a session.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::SavedTensor;
+use crate::data::Dataset;
+use crate::model::{accuracy, Model};
+use crate::session::{
+    AccuracyVerdict, DirectionReport, Phase, Session, SessionConfig, SessionSpec,
+};
+use crate::train::{epoch_batches, gather, train_step, Optimizer, OptimizerConfig};
+use crate::{Error, Result};
+
+/// Settings of the training loop around the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Epochs over the training data after the warm-up (fractions allowed).
+    pub epochs: f64,
+    /// Training mini-batch size.
+    pub batch: usize,
+    /// Training optimiser (reference: SGD lr 1e-4, momentum 0.9, Nesterov).
+    pub optimizer: OptimizerConfig,
+    /// Held-out samples used for the periodic accuracy checks.
+    pub heldout: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            epochs: 2.0,
+            batch: 128,
+            optimizer: OptimizerConfig::hardening(),
+            heldout: 2000,
+        }
+    }
+}
+
+/// One training step as recorded in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step index.
+    pub step: u64,
+    /// Phase the step ran in.
+    pub phase: Phase,
+    /// Generated triggers.
+    pub directions: Vec<DirectionReport>,
+    /// Training loss on the stamped batch.
+    pub loss: f64,
+    /// Held-out accuracy, when checked after this step.
+    pub accuracy: Option<f64>,
+    /// Wall time of the step (hardening + training), seconds.
+    pub seconds: f64,
+}
+
+/// A hardening run in progress.
+pub struct HardenRun<'a> {
+    /// The model being hardened.
+    pub model: Model,
+    /// Its optimiser.
+    pub optimizer: Optimizer,
+    /// The session.
+    pub session: Session,
+    /// Every step so far.
+    pub history: Vec<StepRecord>,
+    cfg: RunConfig,
+    train: &'a Dataset,
+    heldout: Dataset,
+    last_good: Option<Vec<(String, SavedTensor)>>,
+    restored_last_good: bool,
+}
+
+/// Steps of the whole run: the warm-up plus `epochs` over the data.
+pub fn total_steps(num_classes: usize, train_len: usize, cfg: &RunConfig) -> u64 {
+    let per_epoch = train_len.div_ceil(cfg.batch.max(1)) as f64;
+    num_classes as u64 + (cfg.epochs * per_epoch).ceil() as u64
+}
+
+impl<'a> HardenRun<'a> {
+    /// Prepares a run; the session's step budget is set from `run.epochs`
+    /// unless the session config already has one.
+    pub fn new(
+        model: Model,
+        mut session_cfg: SessionConfig,
+        run: RunConfig,
+        train: &'a Dataset,
+        test: &Dataset,
+    ) -> Result<Self> {
+        if run.batch == 0 || !(run.epochs.is_finite() && run.epochs >= 0.0) {
+            return Err(Error::Config("run needs batch >= 1 and epochs >= 0".into()));
+        }
+        if train.input_shape() != model.input_shape()
+            || train.num_classes() as i64 != model.num_classes()
+        {
+            return Err(Error::Input(format!(
+                "model ({:?}, {} classes) does not match the data ({:?}, {} classes)",
+                model.input_shape(),
+                model.num_classes(),
+                train.input_shape(),
+                train.num_classes()
+            )));
+        }
+        if session_cfg.max_steps == 0 {
+            session_cfg.max_steps = total_steps(train.num_classes(), train.len(), &run);
+        }
+        let spec = SessionSpec {
+            num_classes: train.num_classes(),
+            input_shape: train.input_shape(),
+        };
+        let session = Session::new(session_cfg, spec)?;
+        let optimizer = Optimizer::new(run.optimizer, &model)?;
+        let n = run.heldout.min(test.len()) as i64;
+        let heldout = test.select(&(0..n).collect::<Vec<_>>())?;
+        Ok(HardenRun {
+            model,
+            optimizer,
+            session,
+            history: Vec::new(),
+            cfg: run,
+            train,
+            heldout,
+            last_good: None,
+            restored_last_good: false,
+        })
+    }
+
+    /// The batch of step `step`: epochs are seeded shuffles, so a run's data
+    /// order depends only on the seed and the step.
+    fn batch_for(&self, step: u64) -> Result<(Tensor, Tensor)> {
+        let per_epoch = self.train.len().div_ceil(self.cfg.batch) as u64;
+        let epoch = step / per_epoch;
+        let i = (step % per_epoch) as usize;
+        let order = epoch_batches(
+            self.train.len(),
+            self.cfg.batch,
+            self.session.config().seed.wrapping_add(epoch),
+        );
+        gather(self.train, &order[i])
+    }
+
+    /// Answers the session's pending accuracy request; keeps or restores the
+    /// last model within the bound.
+    fn check_accuracy(&mut self) -> Result<f64> {
+        let acc = accuracy(
+            &mut self.model,
+            &self.heldout.images,
+            &self.heldout.labels,
+            500,
+        )?;
+        match self.session.report_accuracy(acc)? {
+            AccuracyVerdict::Baseline | AccuracyVerdict::WithinBound { .. } => {
+                self.last_good = Some(self.model.variables_saved()?);
+            }
+            AccuracyVerdict::Exceeded { drop } => {
+                log::info!("accuracy dropped by {:.2} points: returning to the last model within the bound", 100.0 * drop);
+                if let Some(saved) = &self.last_good {
+                    self.model.restore_variables(saved)?;
+                    self.restored_last_good = true;
+                }
+            }
+        }
+        Ok(acc)
+    }
+
+    /// Runs one step (hardening + training). Returns false when the session is done.
+    pub fn step(&mut self) -> Result<bool> {
+        if self.session.wants_accuracy() {
+            self.check_accuracy()?;
+        }
+        if self.session.is_done() {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        let (x, y) = self.batch_for(self.session.step())?;
+        let hardened = self.session.harden_batch(&mut self.model, &x, &y)?;
+        let loss = train_step(&mut self.model, &mut self.optimizer, &hardened.inputs, &y)?;
+        let loss = loss.f_to_kind(Kind::Double)?.double_value(&[]);
+        let accuracy = if self.session.wants_accuracy() {
+            Some(self.check_accuracy()?)
+        } else {
+            None
+        };
+        self.history.push(StepRecord {
+            step: hardened.report.step,
+            phase: hardened.report.phase,
+            directions: hardened.report.directions,
+            loss,
+            accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        Ok(!self.session.is_done())
+    }
+
+    /// Runs to the end, calling `on_step` after every step.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepRecord, &Session)) -> Result<()> {
+        while self.step()? {
+            if let Some(r) = self.history.last() {
+                on_step(r, &self.session);
+            }
+        }
+        if let Some(r) = self.history.last() {
+            on_step(r, &self.session);
+        }
+        Ok(())
+    }
+
+    /// Whether the accuracy bound made the run return to an earlier model.
+    pub fn restored_last_good(&self) -> bool {
+        self.restored_last_good
+    }
+}

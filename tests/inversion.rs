@@ -1,0 +1,253 @@
+//! Trigger inversion on a tiny model whose distances are known.
+
+mod common;
+
+use common::*;
+use moth::config::{InversionBudget, InversionConfig};
+use moth::inversion::{invert, Direction, InversionTask};
+use moth::trigger::Trigger;
+use tch::{Device, Kind, Tensor};
+
+fn budget(steps: usize) -> InversionBudget {
+    InversionBudget {
+        steps,
+        init_cost: 1e-3,
+        asr_bound: 0.9,
+    }
+}
+
+#[test]
+fn inverted_distances_match_the_construction() {
+    let mut model = three_class_model();
+    let x = dark_images(20, 1);
+    let task = InversionTask {
+        sets: std::slice::from_ref(&x),
+        directions: vec![
+            Direction {
+                set: 0,
+                target: 1,
+                init: None,
+            },
+            Direction {
+                set: 0,
+                target: 2,
+                init: None,
+            },
+        ],
+        budget: budget(300),
+        record_sample_losses: false,
+    };
+    let out = invert(&mut model, &task, &InversionConfig::default(), 3).unwrap();
+    assert!(
+        out.iter().all(|o| o.reached),
+        "both directions reach the bound"
+    );
+    // 0 -> 1 needs mask*pattern > 0.5 on pixel 0 alone: a size near 0.5.
+    let (d1, d2) = (out[0].size, out[1].size);
+    assert!(d1 > 0.3 && d1 < 1.5, "0->1 distance {d1}");
+    // 0 -> 2 needs four pixels at about 0.5: about 2.
+    assert!(d2 > 1.5 && d2 < 4.5, "0->2 distance {d2}");
+    assert!(
+        d2 > d1 * 1.5,
+        "the four-pixel direction is farther: {d1} vs {d2}"
+    );
+    // The mask mass sits on the pixels the model reads.
+    let m1: Vec<f32> = out[0].trigger.mask.flatten(0, -1).try_into().unwrap();
+    assert!(
+        m1[0] > 0.3 && m1[0] / out[0].size as f32 > 0.6,
+        "mask of 0->1: {m1:?}"
+    );
+    // The stamped samples really are classified as the target.
+    let pred = moth::model::Classifier::forward(&model, &out[1].trigger.stamp(&x).unwrap())
+        .unwrap()
+        .argmax(-1, false);
+    let asr = pred
+        .eq(2)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    assert!(asr >= 0.9, "ASR {asr}");
+}
+
+#[test]
+fn unreachable_target_fails_with_a_zero_trigger() {
+    let mut model = three_class_model();
+    // Class 2 can never win when its bias is hugely negative.
+    model.b = Tensor::from_slice(&[0f32, -10.0, -1e6]);
+    let x = dark_images(8, 2);
+    let task = InversionTask {
+        sets: std::slice::from_ref(&x),
+        directions: vec![Direction {
+            set: 0,
+            target: 2,
+            init: None,
+        }],
+        budget: budget(30),
+        record_sample_losses: true,
+    };
+    let out = invert(&mut model, &task, &InversionConfig::default(), 0).unwrap();
+    assert!(!out[0].reached);
+    assert_eq!(out[0].size, 0.0);
+    assert!(out[0].trigger.is_zero());
+    assert_eq!(out[0].sample_loss_start.len(), 8, "start losses recorded");
+    assert!(out[0].sample_loss_best.is_empty(), "no best, no end losses");
+}
+
+#[test]
+fn joint_optimisation_equals_separate_runs() {
+    let mut model = three_class_model();
+    let xa = dark_images(10, 4);
+    let xb = dark_images(6, 5);
+    let init = |v: f64| {
+        Some(
+            Trigger::new(
+                Tensor::full([1, SIDE, SIDE], v, (Kind::Float, Device::Cpu)),
+                Tensor::full([1, SIDE, SIDE], 0.5, (Kind::Float, Device::Cpu)),
+            )
+            .unwrap(),
+        )
+    };
+    let cfg = InversionConfig {
+        restart_noise: 0.0,
+        ..Default::default()
+    };
+    let sets = [xa.shallow_clone(), xb.shallow_clone()];
+    let joint = invert(
+        &mut model,
+        &InversionTask {
+            sets: &sets,
+            directions: vec![
+                Direction {
+                    set: 0,
+                    target: 1,
+                    init: init(0.3),
+                },
+                Direction {
+                    set: 1,
+                    target: 2,
+                    init: init(0.4),
+                },
+            ],
+            budget: budget(40),
+            record_sample_losses: false,
+        },
+        &cfg,
+        9,
+    )
+    .unwrap();
+    for (i, (x, target, v)) in [(&xa, 1, 0.3), (&xb, 2, 0.4)].into_iter().enumerate() {
+        let alone = invert(
+            &mut model,
+            &InversionTask {
+                sets: std::slice::from_ref(x),
+                directions: vec![Direction {
+                    set: 0,
+                    target,
+                    init: init(v),
+                }],
+                budget: budget(40),
+                record_sample_losses: false,
+            },
+            &cfg,
+            9,
+        )
+        .unwrap();
+        assert_eq!(alone[0].reached, joint[i].reached);
+        assert!(
+            (alone[0].size - joint[i].size).abs() < 1e-3 * alone[0].size.max(1.0),
+            "direction {i}: alone {} vs joint {}",
+            alone[0].size,
+            joint[i].size
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_result() {
+    let run = || {
+        let mut model = three_class_model();
+        let x = dark_images(12, 6);
+        let task = InversionTask {
+            sets: std::slice::from_ref(&x),
+            directions: vec![Direction {
+                set: 0,
+                target: 2,
+                init: None,
+            }],
+            budget: budget(50),
+            record_sample_losses: false,
+        };
+        invert(&mut model, &task, &InversionConfig::default(), 11)
+            .unwrap()
+            .remove(0)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.size, b.size);
+    assert_eq!(a.trigger, b.trigger);
+}
+
+#[test]
+fn bad_tasks_are_rejected() {
+    let mut model = three_class_model();
+    let cfg = InversionConfig::default();
+    let x = dark_images(4, 0);
+    let empty = Tensor::zeros([0, 1, SIDE, SIDE], (Kind::Float, Device::Cpu));
+    let cases: Vec<(Vec<Tensor>, Vec<Direction>)> = vec![
+        (
+            vec![],
+            vec![Direction {
+                set: 0,
+                target: 1,
+                init: None,
+            }],
+        ),
+        (vec![x.shallow_clone()], vec![]),
+        (
+            vec![x.shallow_clone()],
+            vec![Direction {
+                set: 3,
+                target: 1,
+                init: None,
+            }],
+        ),
+        (
+            vec![empty],
+            vec![Direction {
+                set: 0,
+                target: 1,
+                init: None,
+            }],
+        ),
+        (
+            vec![x.view([4, SIDE * SIDE])],
+            vec![Direction {
+                set: 0,
+                target: 1,
+                init: None,
+            }],
+        ),
+    ];
+    for (sets, directions) in cases {
+        let task = InversionTask {
+            sets: &sets,
+            directions,
+            budget: budget(5),
+            record_sample_losses: false,
+        };
+        assert!(invert(&mut model, &task, &cfg, 0).is_err());
+    }
+    let task = InversionTask {
+        sets: std::slice::from_ref(&x),
+        directions: vec![Direction {
+            set: 0,
+            target: 1,
+            init: None,
+        }],
+        budget: budget(0),
+        record_sample_losses: false,
+    };
+    assert!(invert(&mut model, &task, &cfg, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("steps"));
+}
