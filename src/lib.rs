@@ -15,6 +15,7 @@ pub mod model;
 pub mod runner;
 pub mod scheduler;
 pub mod session;
+pub mod session_checkpoint;
 pub mod train;
 pub mod trigger;
 pub mod two_sided;

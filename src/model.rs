@@ -138,7 +138,80 @@ struct SavedModel {
     variables: Vec<(String, crate::checkpoint::SavedTensor)>,
 }
 
+/// A complete copy of a model's state, for run checkpoints: built-in models
+/// as their variables, TorchScript models as the whole serialised module
+/// (buffers such as BatchNorm statistics are not parameters, so the module
+/// itself is stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelState {
+    /// A built-in CNN.
+    Builtin {
+        /// Architecture.
+        arch: Arch,
+        /// Class names.
+        classes: Vec<String>,
+        /// Every variable, name-sorted.
+        variables: Vec<(String, crate::checkpoint::SavedTensor)>,
+    },
+    /// A TorchScript module.
+    TorchScript {
+        /// The module as `torch.jit.save` writes it.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+        /// `[C, H, W]` of its inputs.
+        input_shape: [i64; 3],
+    },
+}
+
 impl Model {
+    /// Captures the model's complete state.
+    pub fn snapshot(&self, classes: &[String]) -> Result<ModelState> {
+        match &self.body {
+            Body::Builtin(arch, _) => Ok(ModelState::Builtin {
+                arch: *arch,
+                classes: classes.to_vec(),
+                variables: self.variables_saved()?,
+            }),
+            Body::Script(m) => {
+                let dir =
+                    tempfile::tempdir().map_err(|e| Error::io("creating a temporary folder", e))?;
+                let path = dir.path().join("module.pt");
+                m.save(&path)?;
+                let module =
+                    std::fs::read(&path).map_err(|e| Error::io("reading the saved module", e))?;
+                Ok(ModelState::TorchScript {
+                    module,
+                    input_shape: self.input_shape,
+                })
+            }
+        }
+    }
+
+    /// Rebuilds a model from [`Model::snapshot`].
+    pub fn from_snapshot(state: &ModelState, device: Device) -> Result<Self> {
+        match state {
+            ModelState::Builtin {
+                arch,
+                classes,
+                variables,
+            } => {
+                let mut m = Self::builtin(*arch, classes.len() as i64, device)?;
+                m.restore_variables(variables)?;
+                Ok(m)
+            }
+            ModelState::TorchScript {
+                module,
+                input_shape,
+            } => {
+                let dir =
+                    tempfile::tempdir().map_err(|e| Error::io("creating a temporary folder", e))?;
+                let path = dir.path().join("module.pt");
+                std::fs::write(&path, module).map_err(|e| Error::io("writing the module", e))?;
+                Self::torchscript(&path, *input_shape, device)
+            }
+        }
+    }
+
     /// A freshly initialised built-in CNN (weights from libtorch's RNG: call
     /// `tch::manual_seed` first for reproducibility).
     pub fn builtin(arch: Arch, num_classes: i64, device: Device) -> Result<Self> {

@@ -10,12 +10,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::SavedTensor;
+use crate::checkpoint::{self, PayloadKind, SavedTensor};
 use crate::data::Dataset;
-use crate::model::{accuracy, Model};
+use crate::model::{accuracy, Model, ModelState};
 use crate::session::{
     AccuracyVerdict, DirectionReport, Phase, Session, SessionConfig, SessionSpec,
 };
+use crate::train::OptimizerState;
 use crate::train::{epoch_batches, gather, train_step, Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
@@ -58,6 +59,32 @@ pub struct StepRecord {
     pub accuracy: Option<f64>,
     /// Wall time of the step (hardening + training), seconds.
     pub seconds: f64,
+}
+
+/// Everything needed to continue a run exactly: the session, the model, the
+/// optimiser, the history and the last model within the accuracy bound, all
+/// at the same step. `extra` carries the caller's own notes (JSON text).
+#[derive(Serialize, Deserialize)]
+pub struct RunCheckpoint {
+    /// The session checkpoint (its own self-checking format).
+    #[serde(with = "serde_bytes")]
+    pub session: Vec<u8>,
+    /// The model.
+    pub model: ModelState,
+    /// The training optimiser.
+    pub optimizer: OptimizerState,
+    /// The loop settings.
+    pub run: RunConfig,
+    /// Steps so far.
+    pub history: Vec<StepRecord>,
+    /// The last model known to be within the accuracy bound.
+    pub last_good: Option<Vec<(String, SavedTensor)>>,
+    /// Whether the run already returned to it.
+    pub restored_last_good: bool,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Caller notes (the CLI stores its arguments and the "before" report).
+    pub extra: String,
 }
 
 /// A hardening run in progress.
@@ -209,6 +236,68 @@ impl<'a> HardenRun<'a> {
             on_step(r, &self.session);
         }
         Ok(())
+    }
+
+    /// Checkpoint bytes of the whole run at the current step.
+    pub fn checkpoint(&self, extra: &str) -> Result<Vec<u8>> {
+        let ck = RunCheckpoint {
+            session: self.session.to_bytes()?,
+            model: self.model.snapshot(&self.train.classes)?,
+            optimizer: self.optimizer.save_state()?,
+            run: self.cfg.clone(),
+            history: self.history.clone(),
+            last_good: self.last_good.clone(),
+            restored_last_good: self.restored_last_good,
+            classes: self.train.classes.clone(),
+            extra: extra.to_string(),
+        };
+        checkpoint::encode(PayloadKind::Trainer, &ck)
+    }
+
+    /// Continues a run from [`HardenRun::checkpoint`] bytes on `device`,
+    /// checking that the data matches. Returns the run and its `extra` notes.
+    pub fn resume(
+        bytes: &[u8],
+        device: tch::Device,
+        train: &'a Dataset,
+        test: &Dataset,
+    ) -> Result<(Self, String)> {
+        let ck: RunCheckpoint = checkpoint::decode(PayloadKind::Trainer, bytes)?;
+        let spec = SessionSpec {
+            num_classes: train.num_classes(),
+            input_shape: train.input_shape(),
+        };
+        let session = Session::from_bytes(&ck.session, Some(spec))?;
+        let model = Model::from_snapshot(&ck.model, device)?;
+        if model.num_classes() as usize != spec.num_classes
+            || model.input_shape() != spec.input_shape
+        {
+            return Err(Error::Checkpoint(
+                "the stored model does not match the data".into(),
+            ));
+        }
+        let optimizer = Optimizer::restore(&ck.optimizer, &model)?;
+        if ck.history.len() as u64 != session.step() {
+            return Err(Error::Checkpoint(format!(
+                "history has {} steps, the session {}",
+                ck.history.len(),
+                session.step()
+            )));
+        }
+        let n = ck.run.heldout.min(test.len()) as i64;
+        let heldout = test.select(&(0..n).collect::<Vec<_>>())?;
+        let run = HardenRun {
+            model,
+            optimizer,
+            session,
+            history: ck.history,
+            cfg: ck.run,
+            train,
+            heldout,
+            last_good: ck.last_good,
+            restored_last_good: ck.restored_last_good,
+        };
+        Ok((run, ck.extra))
     }
 
     /// Whether the accuracy bound made the run return to an earlier model.

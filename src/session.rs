@@ -299,6 +299,8 @@ pub struct Session {
     pub(crate) config: SessionConfig,
     pub(crate) spec: SessionSpec,
     pub(crate) state: State,
+    /// Where the checkpoint this session was loaded from was written.
+    pub(crate) resumed_from: Option<crate::session_checkpoint::RunEnvironment>,
 }
 
 impl Session {
@@ -345,7 +347,14 @@ impl Session {
             config,
             spec,
             state,
+            resumed_from: None,
         })
+    }
+
+    /// For a session loaded from a checkpoint: the environment it was
+    /// written in (thread count, libtorch, CPU), so that a caller can match it.
+    pub fn resumed_from(&self) -> Option<&crate::session_checkpoint::RunEnvironment> {
+        self.resumed_from.as_ref()
     }
 
     /// The configuration.

@@ -35,6 +35,14 @@ enum Command {
     /// Harden a model with MOTH (or a baseline) and report the distances
     /// before and after.
     Harden(HardenArgs),
+    /// Print what a checkpoint (run.ckpt or a session checkpoint) holds.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The checkpoint file.
+    path: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -63,6 +71,9 @@ struct TrainArgs {
     /// Mini-batch size.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Train on the first N images only (quick experiments).
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -109,7 +120,7 @@ struct HardenArgs {
     #[arg(long, default_value = "moth")]
     method: moth::session::Method,
     /// Epochs over the training data after the warm-up (reference: 2).
-    /// Default: 2 on CUDA, 0.5 on the CPU.
+    /// Default: 2 on CUDA, 1 on the CPU.
     #[arg(long)]
     epochs: Option<f64>,
     /// Training batch size.
@@ -136,9 +147,25 @@ struct HardenArgs {
     /// Skip the distance measurements (only harden).
     #[arg(long)]
     no_distance: bool,
-    /// Output folder: hardened model, report.json, heatmaps.
+    /// Output folder: hardened model, report.json, heatmaps, run.ckpt.
     #[arg(long, default_value = "runs/harden")]
     out: PathBuf,
+    /// Write DIR/run.ckpt every this many steps (0: only at the end and on
+    /// Ctrl-C / SIGTERM).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue the interrupted run whose folder is DIR (other options are
+    /// taken from its checkpoint).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Session settings as JSON (any subset of SessionConfig), applied
+    /// before --method, --seed, --bounds and --max-drop.
+    #[arg(long, value_name = "JSON")]
+    session_config: Option<String>,
+    /// Testing aid: checkpoint and exit (status 130) after this step, as if
+    /// interrupted.
+    #[arg(long, hide = true)]
+    stop_after_step: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -187,6 +214,7 @@ fn main() {
         Command::Train(a) => run_train(&a).map(|_| ()),
         Command::Distance(a) => run_distance(&a).map(|_| ()),
         Command::Harden(a) => run_harden(&a).map(|_| ()),
+        Command::Inspect(a) => run_inspect(&a.path),
     };
     if let Err(e) = result {
         eprintln!("moth: error: {e}");
@@ -377,43 +405,203 @@ fn write_distance_outputs(m: &DistanceMatrix, dir: &Path, title: &str) -> moth::
     Ok(())
 }
 
+/// What `--resume` needs besides the run checkpoint: the settings that
+/// shape the final report and the "before" half of it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HardenNotes {
+    model: String,
+    method: String,
+    no_distance: bool,
+    distance: DistanceConfig,
+    accuracy_before: f64,
+    before: Option<DistanceMatrix>,
+    seconds_before_hardening: f64,
+    harden_seconds_so_far: f64,
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[allow(unsafe_code)]
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
 fn run_harden(a: &HardenArgs) -> moth::Result<()> {
-    use moth::bounds::BoundsMode;
-    use moth::runner::{HardenRun, RunConfig};
-    use moth::session::SessionConfig;
+    use moth::runner::HardenRun;
 
     let wall = Instant::now();
-    let (model, classes) = load_or_train(&a.model, &a.common, a.input_shape)?;
     let train_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?;
     let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    let (mut run, mut notes, out) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join("run.ckpt");
+            let bytes = moth::checkpoint::read_file(&path)?;
+            let device = a.common.device.resolve()?;
+            let (run, extra) = HardenRun::resume(&bytes, device, &train_set, &test_set)?;
+            let notes: HardenNotes = serde_json::from_str(&extra).map_err(|e| {
+                moth::Error::Checkpoint(format!("{}: bad run notes: {e}", path.display()))
+            })?;
+            pin_threads(&run.session);
+            println!(
+                "resuming {} from {} at step {} of {} ({:?})",
+                notes.model,
+                path.display(),
+                run.session.step(),
+                run.session.config().max_steps,
+                run.session.phase()
+            );
+            (run, notes, dir.clone())
+        }
+        None => {
+            let (run, notes) = start_harden(a, &train_set, &mut test_set)?;
+            (run, notes, a.out.clone())
+        }
+    };
+    if let Some(b) = &notes.before {
+        test_set.classes = b.classes.clone();
+    }
+    std::fs::create_dir_all(&out)
+        .map_err(|e| moth::Error::io(format!("creating {}", out.display()), e))?;
+    install_signal_handlers();
+    println!(
+        "hardening loop started at step {} of {} (Ctrl-C checkpoints and stops; checkpoint every {} steps)",
+        run.session.step(),
+        run.session.config().max_steps,
+        a.checkpoint_every
+    );
+    let loop_start = Instant::now();
+    let total = run.session.config().max_steps;
+    let pb = bar(
+        total,
+        "{msg}\n[{bar:30}] step {pos}/{len}, {elapsed} elapsed, ETA {eta}",
+    );
+    pb.set_position(run.session.step());
+    let ckpt = out.join("run.ckpt");
+    let save = |run: &HardenRun, notes: &HardenNotes, spent: f64| -> moth::Result<()> {
+        let notes = HardenNotes {
+            harden_seconds_so_far: spent,
+            ..clone_notes(notes)
+        };
+        let extra = serde_json::to_string(&notes).map_err(|e| moth::Error::Input(e.to_string()))?;
+        moth::checkpoint::write_atomic(&ckpt, &run.checkpoint(&extra)?)
+    };
+    let spent_before = notes.harden_seconds_so_far;
+    while run.step()? {
+        let s = run.session.step();
+        pb.set_position(s);
+        if let Some(r) = run.history.last() {
+            pb.set_message(step_message(r, &run.session));
+        }
+        let spent = spent_before + loop_start.elapsed().as_secs_f64();
+        let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+        let stop_here = a.stop_after_step == Some(s);
+        if interrupted || stop_here || (a.checkpoint_every > 0 && s % a.checkpoint_every == 0) {
+            save(&run, &notes, spent)?;
+        }
+        if interrupted || stop_here {
+            pb.finish_and_clear();
+            println!(
+                "{} at step {s}: checkpoint written to {}\nresume with: moth harden --resume {}",
+                if interrupted {
+                    "interrupted"
+                } else {
+                    "stopped"
+                },
+                ckpt.display(),
+                out.display()
+            );
+            std::process::exit(130);
+        }
+    }
+    pb.finish_and_clear();
+    notes.harden_seconds_so_far = spent_before + loop_start.elapsed().as_secs_f64();
+    save(&run, &notes, notes.harden_seconds_so_far)?;
+    finish_harden(run, notes, &test_set, &train_set.classes, &out, wall)
+}
+
+fn clone_notes(n: &HardenNotes) -> HardenNotes {
+    HardenNotes {
+        model: n.model.clone(),
+        method: n.method.clone(),
+        no_distance: n.no_distance,
+        distance: n.distance.clone(),
+        accuracy_before: n.accuracy_before,
+        before: n.before.clone(),
+        seconds_before_hardening: n.seconds_before_hardening,
+        harden_seconds_so_far: n.harden_seconds_so_far,
+    }
+}
+
+/// CPU results are bit-identical only with the thread count the run started
+/// with: the CLI owns its process, so it pins it.
+fn pin_threads(session: &moth::session::Session) {
+    if let Some(env) = session.resumed_from() {
+        let now = tch::get_num_threads();
+        if env.threads > 0 && env.threads != now {
+            println!(
+                "pinning libtorch to {} threads as in the interrupted run (was {now})",
+                env.threads
+            );
+            tch::set_num_threads(env.threads);
+        }
+    }
+}
+
+fn session_config(a: &HardenArgs) -> moth::Result<moth::session::SessionConfig> {
+    use moth::bounds::BoundsMode;
+    let mut cfg = match &a.session_config {
+        Some(json) => serde_json::from_str::<moth::session::SessionConfig>(json)
+            .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
+        None => moth::session::SessionConfig::default(),
+    };
+    cfg.method = a.method;
+    cfg.seed = a.common.seed;
+    cfg.max_accuracy_drop = a.max_drop / 100.0;
+    cfg.bounds.mode = match a.bounds {
+        BoundsArg::Fixed => BoundsMode::Fixed,
+        BoundsArg::Growing => BoundsMode::Growing,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn start_harden<'d>(
+    a: &HardenArgs,
+    train_set: &'d Dataset,
+    test_set: &mut Dataset,
+) -> moth::Result<(moth::runner::HardenRun<'d>, HardenNotes)> {
+    use moth::runner::{HardenRun, RunConfig};
+    let start = Instant::now();
+    let (model, classes) = load_or_train(&a.model, &a.common, a.input_shape)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes.clone();
     }
     let device = model.device();
     let dcfg = distance_config(a.protocol, a.samples, a.steps, &a.seeds, device);
-    let mut session_cfg = SessionConfig {
-        method: a.method,
-        seed: a.common.seed,
-        max_accuracy_drop: a.max_drop / 100.0,
-        ..SessionConfig::default()
-    };
-    session_cfg.bounds.mode = match a.bounds {
-        BoundsArg::Fixed => BoundsMode::Fixed,
-        BoundsArg::Growing => BoundsMode::Growing,
-    };
+    let session_cfg = session_config(a)?;
     let run_cfg = RunConfig {
-        epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 0.5 }),
+        epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 1.0 }),
         batch: a.batch,
         ..RunConfig::default()
     };
     println!(
-        "hardening {} ({}) with {:?}, {} epoch(s) after warm-up, batch {}, bounds {:?}, device {device:?}",
+        "hardening {} ({}) with {:?}, {} epoch(s) after warm-up, batch {}, bounds {:?}, device {device:?}, {} libtorch threads",
         a.model.display(),
         model.describe(),
         a.method,
         run_cfg.epochs,
         run_cfg.batch,
-        session_cfg.bounds.mode
+        session_cfg.bounds.mode,
+        tch::get_num_threads()
     );
     let mut base = model;
     let acc_before = model::accuracy(&mut base, &test_set.images, &test_set.labels, 500)?;
@@ -422,28 +610,36 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
         None
     } else {
         println!("distances before hardening ({})", dcfg.describe());
-        let m = measure_with_progress(&mut base, &test_set, &dcfg)?;
+        let m = measure_with_progress(&mut base, test_set, &dcfg)?;
         print_matrix(&m);
         Some(m)
     };
+    let run = HardenRun::new(base, session_cfg, run_cfg, train_set, test_set)?;
+    let notes = HardenNotes {
+        model: a.model.display().to_string(),
+        method: format!("{:?}", a.method),
+        no_distance: a.no_distance,
+        distance: dcfg,
+        accuracy_before: acc_before,
+        before,
+        seconds_before_hardening: start.elapsed().as_secs_f64(),
+        harden_seconds_so_far: 0.0,
+    };
+    Ok((run, notes))
+}
 
-    let harden_start = Instant::now();
-    let mut run = HardenRun::new(base, session_cfg, run_cfg, &train_set, &test_set)?;
-    let total = run.session.config().max_steps;
-    let pb = bar(
-        total,
-        "{msg}\n[{bar:30}] step {pos}/{len}, {elapsed} elapsed, ETA {eta}",
-    );
-    run.run(&mut |r, s| {
-        pb.set_position(s.step());
-        pb.set_message(step_message(r, s));
-    })?;
-    pb.finish_and_clear();
-    let harden_seconds = harden_start.elapsed().as_secs_f64();
+fn finish_harden(
+    mut run: moth::runner::HardenRun,
+    notes: HardenNotes,
+    test_set: &Dataset,
+    classes: &[String],
+    out: &Path,
+    wall: Instant,
+) -> moth::Result<()> {
     println!(
-        "hardening stopped after {} steps in {:.1} s: {:?}{}",
+        "hardening stopped after {} steps ({:.1} s of hardening): {:?}{}",
         run.session.step(),
-        harden_seconds,
+        notes.harden_seconds_so_far,
         run.session.phase(),
         if run.restored_last_good() {
             " (returned to the last model within the accuracy bound)"
@@ -455,53 +651,51 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
     println!(
         "clean test accuracy after: {:.2}% (change {:+.2} points)",
         100.0 * acc_after,
-        100.0 * (acc_after - acc_before)
+        100.0 * (acc_after - notes.accuracy_before)
     );
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| moth::Error::io(format!("creating {}", a.out.display()), e))?;
     let ext = if run.model.is_torchscript() {
         "pt"
     } else {
         "moth"
     };
-    let model_path = a.out.join(format!("hardened.{ext}"));
-    run.model.save(&model_path, &train_set.classes)?;
+    let model_path = out.join(format!("hardened.{ext}"));
+    run.model.save(&model_path, classes)?;
     println!("hardened model written to {}", model_path.display());
-
-    let after = match &before {
+    let after = match &notes.before {
         None => None,
         Some(_) => {
-            println!("distances after hardening ({})", dcfg.describe());
-            let m = measure_with_progress(&mut run.model, &test_set, &dcfg)?;
+            println!("distances after hardening ({})", notes.distance.describe());
+            let m = measure_with_progress(&mut run.model, test_set, &notes.distance)?;
             print_matrix(&m);
             Some(m)
         }
     };
+    let device = run.model.device();
     let report = HardenReport {
-        method: format!("{:?}", a.method),
-        model: a.model.display().to_string(),
+        method: notes.method.clone(),
+        model: notes.model.clone(),
         device: format!("{device:?}"),
         steps: run.session.step(),
         final_phase: format!("{:?}", run.session.phase()),
-        accuracy_before: acc_before,
+        accuracy_before: notes.accuracy_before,
         accuracy_after: acc_after,
-        enlargement: before
+        enlargement: notes
+            .before
             .as_ref()
             .zip(after.as_ref())
             .map(|(b, a)| b.enlargement(a)),
-        mean_before: before.as_ref().map(DistanceMatrix::mean),
+        mean_before: notes.before.as_ref().map(DistanceMatrix::mean),
         mean_after: after.as_ref().map(DistanceMatrix::mean),
-        harden_seconds,
+        harden_seconds: notes.harden_seconds_so_far,
         wall_seconds: wall.elapsed().as_secs_f64(),
-        protocol: dcfg.describe(),
-        before,
+        protocol: notes.distance.describe(),
+        before: notes.before.clone(),
         after,
         session_config: run.session.config().clone(),
         pair_counts: run.session.scheduler().count.clone(),
         history: run.history.clone(),
     };
-    write_harden_report(&report, &a.out)?;
-    Ok(())
+    write_harden_report(&report, out)
 }
 
 fn step_message(r: &moth::runner::StepRecord, s: &moth::session::Session) -> String {
@@ -611,5 +805,111 @@ fn write_harden_report(r: &HardenReport, dir: &Path) -> moth::Result<()> {
         "wrote {} (and before/after/difference heatmaps)",
         path.display()
     );
+    Ok(())
+}
+
+fn run_inspect(path: &Path) -> moth::Result<()> {
+    use moth::checkpoint::{parse_header, PayloadKind};
+    let bytes = moth::checkpoint::read_file(path)?;
+    let header = parse_header(&bytes)?;
+    println!(
+        "{}: moth checkpoint format {}, written by moth {}, kind {}, payload {} bytes",
+        path.display(),
+        header.format_version,
+        header.moth_version,
+        header.kind,
+        header.payload_len
+    );
+    let session_bytes = match header.kind {
+        PayloadKind::Session => bytes.clone(),
+        PayloadKind::Trainer => {
+            let ck: moth::runner::RunCheckpoint =
+                moth::checkpoint::decode(PayloadKind::Trainer, &bytes)?;
+            let model = match &ck.model {
+                model::ModelState::Builtin {
+                    arch, variables, ..
+                } => {
+                    format!("built-in {arch:?}, {} variables", variables.len())
+                }
+                model::ModelState::TorchScript { module, .. } => {
+                    format!("TorchScript module, {} bytes", module.len())
+                }
+            };
+            println!(
+                "run: {} steps recorded, model {model}, optimizer {:?} at step {}, {} epochs x batch {}, last good model kept: {}",
+                ck.history.len(),
+                ck.optimizer.cfg.kind,
+                ck.optimizer.steps,
+                ck.run.epochs,
+                ck.run.batch,
+                ck.last_good.is_some()
+            );
+            ck.session
+        }
+        PayloadKind::Model => {
+            println!("a moth model file (no session state)");
+            return Ok(());
+        }
+    };
+    let summary = moth::session::Session::summary(&session_bytes)?;
+    let s = moth::session::Session::from_bytes(&session_bytes, None)?;
+    let env = &summary.environment;
+    println!(
+        "session: {} classes, inputs {:?}, method {:?}, seed {}",
+        summary.spec.num_classes,
+        summary.spec.input_shape,
+        summary.config.method,
+        summary.config.seed
+    );
+    println!(
+        "written on: moth {}, libtorch {}, {} threads, CPU {}",
+        env.moth_version, env.libtorch, env.threads, env.cpu_capability
+    );
+    println!(
+        "phase: {:?}, step {} of {}",
+        s.phase(),
+        s.step(),
+        s.config().max_steps
+    );
+    println!(
+        "accuracy: baseline {:?}, last {:?}, report pending: {}",
+        s.accuracy().baseline,
+        s.accuracy().last,
+        s.accuracy().pending
+    );
+    println!(
+        "trigger cache: {} directions; stamping cap {:.1}",
+        s.cache().len(),
+        s.bounds().cap
+    );
+    let sch = s.scheduler();
+    let n = sch.classes();
+    let chosen: f64 = sch.count.iter().flatten().sum::<f64>() / 2.0;
+    println!("pair choices so far: {chosen}");
+    println!("pair counts (symmetric):");
+    for row in &sch.count {
+        println!(
+            "  {}",
+            row.iter()
+                .map(|v| format!("{v:>4}"))
+                .collect::<Vec<_>>()
+                .join("")
+        );
+    }
+    let sizes: Vec<f64> = (0..n)
+        .flat_map(|a| (0..n).map(move |b| (a, b)))
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| sch.size[a][b])
+        .filter(|v| *v > 0.0)
+        .collect();
+    if !sizes.is_empty() {
+        let mean = sizes.iter().sum::<f64>() / sizes.len() as f64;
+        let max = sizes.iter().copied().fold(0.0, f64::max);
+        let min = sizes.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "scheduler sizes: {} directions, mean {mean:.2}, min {min:.2}, max {max:.2}",
+            sizes.len()
+        );
+    }
     Ok(())
 }

@@ -56,13 +56,11 @@ pub fn labelled_batch(per_class: i64, seed: i64) -> (Tensor, Tensor) {
     let ones = Tensor::ones([per_class], (Kind::Float, Device::Cpu));
     // class 1: pixel 0 bright; class 2: pixels 12..15 bright
     let x1 = x0.narrow(0, per_class, per_class).copy();
-    x1
-        .view([per_class, PIXELS])
+    x1.view([per_class, PIXELS])
         .narrow(1, 0, 1)
         .copy_(&ones.view([per_class, 1]));
     let x2 = x0.narrow(0, 2 * per_class, per_class).copy();
-    x2
-        .view([per_class, PIXELS])
+    x2.view([per_class, PIXELS])
         .narrow(1, 12, 4)
         .copy_(&Tensor::ones([per_class, 4], (Kind::Float, Device::Cpu)));
     let x = Tensor::cat(&[x0.narrow(0, 0, per_class), x1, x2], 0);

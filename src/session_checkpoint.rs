@@ -1,0 +1,374 @@
+//! Checkpoint and resume of a hardening session: the complete state
+//! (configuration, phase, counters, scheduler matrices, trigger cache,
+//! bounds, period bookkeeping, warm-up pool, RNG state) as a checkpoint file
+//! of kind [`PayloadKind::Session`]. Loading validates everything before a
+//! session is built, so a bad file never yields a half-restored session.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::bounds::Bounds;
+use crate::cache::TriggerCache;
+use crate::checkpoint::{self, PayloadKind, SavedTensor};
+use crate::scheduler::Scheduler;
+use crate::session::{
+    AccuracyState, Period, Phase, Pool, Session, SessionConfig, SessionSpec, State,
+};
+use crate::trigger::Trigger;
+use crate::{Error, Result};
+
+/// Where a session ran: CPU results are bit-identical only with the same
+/// libtorch build, thread count and instruction set, so a checkpoint
+/// records them and a resume warns when they differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnvironment {
+    /// moth version that wrote the checkpoint.
+    pub moth_version: String,
+    /// libtorch version moth was built against.
+    pub libtorch: String,
+    /// libtorch intra-op thread count.
+    pub threads: i32,
+    /// Widest x86 vector extension of the CPU (or the ATEN_CPU_CAPABILITY override).
+    pub cpu_capability: String,
+}
+
+impl RunEnvironment {
+    /// The environment of this process.
+    pub fn current() -> Self {
+        RunEnvironment {
+            moth_version: checkpoint::MOTH_VERSION.to_string(),
+            libtorch: LIBTORCH_VERSION.to_string(),
+            threads: tch::get_num_threads(),
+            cpu_capability: cpu_capability(),
+        }
+    }
+
+    /// Human-readable differences from `other` (empty when identical).
+    pub fn differences(&self, other: &RunEnvironment) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.libtorch != other.libtorch {
+            d.push(format!("libtorch {} vs {}", self.libtorch, other.libtorch));
+        }
+        if self.threads != other.threads {
+            d.push(format!(
+                "{} vs {} libtorch threads",
+                self.threads, other.threads
+            ));
+        }
+        if self.cpu_capability != other.cpu_capability {
+            d.push(format!(
+                "CPU capability {} vs {}",
+                self.cpu_capability, other.cpu_capability
+            ));
+        }
+        d
+    }
+}
+
+/// The libtorch version tch 0.24 is built for.
+pub const LIBTORCH_VERSION: &str = "2.11.0";
+
+fn cpu_capability() -> String {
+    if let Ok(v) = std::env::var("ATEN_CPU_CAPABILITY") {
+        return v;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512".into();
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2".into();
+        }
+    }
+    "default".into()
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedTrigger {
+    mask: SavedTensor,
+    pattern: SavedTensor,
+}
+
+impl SavedTrigger {
+    fn from(t: &Trigger) -> Result<Self> {
+        Ok(SavedTrigger {
+            mask: SavedTensor::from_tensor(&t.mask)?,
+            pattern: SavedTensor::from_tensor(&t.pattern)?,
+        })
+    }
+
+    fn restore(&self, spec: &SessionSpec) -> Result<Trigger> {
+        let [c, h, w] = spec.input_shape;
+        let mask = self.mask.to_tensor(Device::Cpu)?;
+        let pattern = self.pattern.to_tensor(Device::Cpu)?;
+        if mask.size() != [1, h, w] || pattern.size() != [c, h, w] {
+            return Err(Error::Checkpoint(format!(
+                "cached trigger has shapes {:?}/{:?}, the session's inputs are {:?}",
+                mask.size(),
+                pattern.size(),
+                spec.input_shape
+            )));
+        }
+        Trigger::new(mask, pattern).map_err(|e| Error::Checkpoint(format!("cached trigger: {e}")))
+    }
+}
+
+/// The serialised form of a session.
+#[derive(Serialize, Deserialize)]
+struct SavedSession {
+    environment: RunEnvironment,
+    config: SessionConfig,
+    spec: SessionSpec,
+    phase: Phase,
+    step: u64,
+    orth_steps: u64,
+    scheduler: Scheduler,
+    cache: Vec<(usize, usize, f64, SavedTrigger)>,
+    universal: Vec<(usize, SavedTrigger)>,
+    bounds: Bounds,
+    period_sizes: [Vec<f64>; 2],
+    period_init: [Option<SavedTrigger>; 2],
+    period_failed: bool,
+    pool: Vec<SavedTensor>,
+    rng: ChaCha8Rng,
+    accuracy: AccuracyState,
+    pairwise_next: usize,
+}
+
+/// What a session checkpoint holds, for `moth inspect` and resume checks,
+/// without the tensors.
+#[derive(Debug, Clone)]
+pub struct CheckpointSummary {
+    /// Where it ran.
+    pub environment: RunEnvironment,
+    /// The session's model description.
+    pub spec: SessionSpec,
+    /// Its configuration.
+    pub config: SessionConfig,
+}
+
+impl Session {
+    /// Serialises the whole session state into checkpoint bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let s = &self.state;
+        let saved = SavedSession {
+            environment: RunEnvironment::current(),
+            config: self.config.clone(),
+            spec: self.spec,
+            phase: s.phase,
+            step: s.step,
+            orth_steps: s.orth_steps,
+            scheduler: s.scheduler.clone(),
+            cache: s
+                .cache
+                .iter()
+                .map(|(&(v, t), (size, trig))| Ok((v, t, *size, SavedTrigger::from(trig)?)))
+                .collect::<Result<_>>()?,
+            universal: s
+                .universal
+                .iter()
+                .map(|(&t, trig)| Ok((t, SavedTrigger::from(trig)?)))
+                .collect::<Result<_>>()?,
+            bounds: s.bounds.clone(),
+            period_sizes: s.period.sizes.clone(),
+            period_init: [saved_opt(&s.period.init[0])?, saved_opt(&s.period.init[1])?],
+            period_failed: s.period.failed,
+            pool: s
+                .pool
+                .0
+                .iter()
+                .map(SavedTensor::from_tensor)
+                .collect::<Result<_>>()?,
+            rng: s.rng.clone(),
+            accuracy: s.accuracy.clone(),
+            pairwise_next: s.pairwise_next,
+        };
+        checkpoint::encode(PayloadKind::Session, &saved)
+    }
+
+    /// Rebuilds a session from checkpoint bytes. With `expected`, refuses a
+    /// checkpoint made for another class count or input shape.
+    pub fn from_bytes(bytes: &[u8], expected: Option<SessionSpec>) -> Result<Session> {
+        let saved: SavedSession = checkpoint::decode(PayloadKind::Session, bytes)?;
+        restore(saved, expected)
+    }
+
+    /// Saves the session atomically to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        checkpoint::write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Loads a session saved with [`Session::save`].
+    pub fn load(path: &Path, expected: Option<SessionSpec>) -> Result<Session> {
+        let bytes = checkpoint::read_file(path)?;
+        Self::from_bytes(&bytes, expected).map_err(|e| match e {
+            Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Reads the environment, spec and configuration of checkpoint bytes.
+    pub fn summary(bytes: &[u8]) -> Result<CheckpointSummary> {
+        let saved: SavedSession = checkpoint::decode(PayloadKind::Session, bytes)?;
+        Ok(CheckpointSummary {
+            environment: saved.environment,
+            spec: saved.spec,
+            config: saved.config,
+        })
+    }
+}
+
+fn saved_opt(t: &Option<Trigger>) -> Result<Option<SavedTrigger>> {
+    t.as_ref().map(SavedTrigger::from).transpose()
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Checkpoint(msg.into())
+}
+
+fn check_spec(saved: &SessionSpec, expected: Option<SessionSpec>) -> Result<()> {
+    if saved.num_classes < 2 || saved.input_shape.iter().any(|&d| d <= 0) {
+        return Err(bad(format!("invalid model description {saved:?}")));
+    }
+    if let Some(e) = expected {
+        if e.num_classes != saved.num_classes {
+            return Err(bad(format!(
+                "checkpoint is for {} classes, the model has {}",
+                saved.num_classes, e.num_classes
+            )));
+        }
+        if e.input_shape != saved.input_shape {
+            return Err(bad(format!(
+                "checkpoint is for inputs {:?}, the model takes {:?}",
+                saved.input_shape, e.input_shape
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_phase(phase: &Phase, n: usize) -> Result<()> {
+    let ok = match *phase {
+        Phase::Warmup { target } | Phase::Universal { target } => target < n,
+        Phase::Orthogonalize { pair, .. } => {
+            pair.source < n && pair.target < n && pair.source != pair.target
+        }
+        Phase::Done { .. } => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!("phase {phase:?} names a class outside 0..{n}")))
+    }
+}
+
+fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session> {
+    check_spec(&saved.spec, expected)?;
+    saved
+        .config
+        .validate()
+        .map_err(|e| bad(format!("stored configuration is invalid: {e}")))?;
+    let spec = saved.spec;
+    let n = spec.num_classes;
+    check_phase(&saved.phase, n)?;
+    saved.scheduler.validate(n)?;
+    if saved.bounds.per_pair.len() != n || saved.bounds.per_pair.iter().any(|r| r.len() != n) {
+        return Err(bad(format!("bounds are not {n}x{n}")));
+    }
+    let env = RunEnvironment::current();
+    let diffs = saved.environment.differences(&env);
+    let environment = saved.environment.clone();
+    if !diffs.is_empty() {
+        log::warn!(
+            "checkpoint written with a different set-up ({}): the resumed run may not be bit-identical to an uninterrupted one",
+            diffs.join(", ")
+        );
+    }
+    let mut cache = TriggerCache::new();
+    for (v, t, size, trig) in &saved.cache {
+        if *v >= n || *t >= n || v == t || !size.is_finite() || *size < 0.0 {
+            return Err(bad(format!(
+                "cache entry ({v} -> {t}, size {size}) is invalid"
+            )));
+        }
+        cache.put(*v, *t, trig.restore(&spec)?, *size);
+    }
+    let mut universal = BTreeMap::new();
+    for (t, trig) in &saved.universal {
+        if *t >= n {
+            return Err(bad(format!("universal trigger for class {t} of {n}")));
+        }
+        universal.insert(*t, trig.restore(&spec)?);
+    }
+    let [c, h, w] = spec.input_shape;
+    if saved.pool.len() != n {
+        return Err(bad(format!(
+            "warm-up pool has {} classes, expected {n}",
+            saved.pool.len()
+        )));
+    }
+    let pool = saved
+        .pool
+        .iter()
+        .map(|p| {
+            let t = p.to_tensor(Device::Cpu)?;
+            let s = t.size();
+            if s.len() != 4 || s[1..] != [c, h, w] || t.kind() != tch::Kind::Float {
+                return Err(bad(format!(
+                    "warm-up pool tensor {s:?} does not hold [k, {c}, {h}, {w}] floats"
+                )));
+            }
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let init = [
+        saved.period_init[0]
+            .as_ref()
+            .map(|t| t.restore(&spec))
+            .transpose()?,
+        saved.period_init[1]
+            .as_ref()
+            .map(|t| t.restore(&spec))
+            .transpose()?,
+    ];
+    if saved.period_sizes.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(bad("period sizes hold a non-finite value"));
+    }
+    let acc = &saved.accuracy;
+    if [acc.baseline, acc.last]
+        .iter()
+        .flatten()
+        .any(|a| !(0.0..=1.0).contains(a))
+    {
+        return Err(bad("stored accuracies are outside [0, 1]"));
+    }
+    let state = State {
+        phase: saved.phase,
+        step: saved.step,
+        orth_steps: saved.orth_steps,
+        scheduler: saved.scheduler,
+        cache,
+        universal,
+        bounds: saved.bounds,
+        period: Period {
+            sizes: saved.period_sizes,
+            init,
+            failed: saved.period_failed,
+        },
+        pool: Pool(pool),
+        rng: saved.rng,
+        accuracy: saved.accuracy,
+        pairwise_next: saved.pairwise_next,
+    };
+    Ok(Session {
+        config: saved.config,
+        spec,
+        state,
+        resumed_from: Some(environment),
+    })
+}

@@ -1,0 +1,239 @@
+//! The `moth` program end to end on a small slice of Fashion-MNIST: train,
+//! measure distances, harden, interrupt and resume (in new processes), inspect.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const MOTH: &str = env!("CARGO_BIN_EXE_moth");
+
+/// Small budgets so that a hardening run takes seconds.
+const SMALL: &str = r#"{"warmup":{"budget":{"steps":15,"init_cost":0.001,"asr_bound":0.99}},
+ "first":{"steps":10,"init_cost":0.001,"asr_bound":0.9},
+ "later":{"steps":4,"init_cost":0.01,"asr_bound":0.9},"accuracy_every":4}"#;
+
+fn moth(args: &[&str]) -> std::process::Output {
+    let out = Command::new(MOTH)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("moth runs");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = moth(args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "moth {args:?} failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn base_model(dir: &Path) -> String {
+    let path = dir.join("base.moth");
+    let p = path.to_str().unwrap().to_string();
+    let out = ok(&[
+        "train", "--epochs", "1", "--limit", "3000", "--out", &p, "--device", "cpu",
+    ]);
+    assert!(out.contains("test accuracy"), "{out}");
+    p
+}
+
+/// The history of a report without its timings.
+fn history(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut h = v["history"].take();
+    for r in h.as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("seconds");
+    }
+    h.as_array().unwrap().clone()
+}
+
+#[test]
+fn distance_matrix_on_fashion_mnist() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = base_model(dir.path());
+    let out_dir = dir.path().join("d");
+    let out = ok(&[
+        "distance",
+        "--model",
+        &model,
+        "--samples",
+        "8",
+        "--steps",
+        "15",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    for name in [
+        "T-shirt/to",
+        "Ankle boot",
+        "mean distance",
+        "8 test samples/class, 15 steps",
+    ] {
+        assert!(out.contains(name), "missing '{name}' in\n{out}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("distances.json")).unwrap())
+            .unwrap();
+    let values = json["values"].as_array().unwrap();
+    assert_eq!(values.len(), 10);
+    let measured = values
+        .iter()
+        .enumerate()
+        .flat_map(|(a, r)| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(move |(b, v)| (a, b, v.as_f64().unwrap()))
+        })
+        .filter(|(a, b, v)| a != b && *v > 0.0)
+        .count();
+    assert!(measured >= 45, "most directions measured: {measured}");
+    assert!(
+        std::fs::metadata(out_dir.join("heatmap.png"))
+            .unwrap()
+            .len()
+            > 1000
+    );
+}
+
+#[test]
+fn interrupted_and_resumed_run_equals_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = base_model(dir.path());
+    let straight = dir.path().join("straight");
+    let split = dir.path().join("split");
+    let common = [
+        "harden",
+        "--model",
+        &model,
+        "--epochs",
+        "0.02",
+        "--no-distance",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--out", straight.to_str().unwrap()]);
+    let out = ok(&args);
+    assert!(out.contains("MOTH report"), "{out}");
+    // Stop inside the orthogonalisation phase (10 warm-up steps, period 3).
+    let mut args = common.to_vec();
+    args.extend(["--out", split.to_str().unwrap(), "--stop-after-step", "14"]);
+    let out = moth(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = ok(&["inspect", split.join("run.ckpt").to_str().unwrap()]);
+    assert!(inspect.contains("step 14 of 20"), "{inspect}");
+    let out = ok(&["harden", "--resume", split.to_str().unwrap()]);
+    assert!(
+        out.contains("resuming") && out.contains("at step 14"),
+        "{out}"
+    );
+    assert_eq!(
+        history(&straight),
+        history(&split),
+        "same steps, sizes, losses and accuracies"
+    );
+    let a = std::fs::read(straight.join("hardened.moth")).unwrap();
+    let b = std::fs::read(split.join("hardened.moth")).unwrap();
+    assert!(a == b, "hardened models are bit-identical");
+    let inspect = ok(&["inspect", split.join("run.ckpt").to_str().unwrap()]);
+    assert!(inspect.contains("Done"), "{inspect}");
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = base_model(dir.path());
+    let out_dir = dir.path().join("run");
+    let mut child = Command::new(MOTH)
+        .args([
+            "harden",
+            "--model",
+            &model,
+            "--epochs",
+            "0.2",
+            "--no-distance",
+            "--session-config",
+            SMALL,
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("hardening loop started") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted at step")),
+        "{rest:?}"
+    );
+    let out = ok(&["harden", "--resume", out_dir.to_str().unwrap()]);
+    assert!(out.contains("MOTH report"), "{out}");
+}
+
+#[test]
+fn clear_errors_for_bad_input() {
+    let out = moth(&[
+        "distance",
+        "--model",
+        "/nonexistent/model.moth",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("moth: error") && err.contains("/nonexistent/model.moth"),
+        "{err}"
+    );
+    let out = moth(&["train", "--data", "/nonexistent", "--device", "cpu"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = moth(&[
+        "harden",
+        "--session-config",
+        "{\"bogus\":1}",
+        "--no-distance",
+        "--device",
+        "cpu",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--session-config"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.ckpt");
+    std::fs::write(&bad, b"MOTHCKPT garbage").unwrap();
+    let out = moth(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint rejected"));
+    let out = moth(&["distance", "--device", "tpu"]);
+    assert!(!out.status.success());
+}

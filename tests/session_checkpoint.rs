@@ -1,0 +1,220 @@
+//! Session checkpoints: a resumed session equals an uninterrupted one, a
+//! golden file keeps loading, and damaged files are refused without panics.
+
+mod common;
+
+use common::*;
+use moth::checkpoint::parse_header;
+use moth::config::InversionBudget;
+use moth::session::{Method, Session, SessionConfig, SessionSpec};
+use moth::Error;
+
+fn config() -> SessionConfig {
+    let mut cfg = SessionConfig {
+        method: Method::Moth,
+        seed: 21,
+        accuracy_every: 0,
+        portion: 0.2,
+        ..SessionConfig::default()
+    };
+    cfg.warmup.budget = InversionBudget {
+        steps: 30,
+        ..cfg.warmup.budget
+    };
+    cfg.first = InversionBudget {
+        steps: 20,
+        ..cfg.first
+    };
+    cfg.later = InversionBudget {
+        steps: 8,
+        ..cfg.later
+    };
+    cfg
+}
+
+fn spec() -> SessionSpec {
+    SessionSpec {
+        num_classes: 3,
+        input_shape: [1, SIDE, SIDE],
+    }
+}
+
+/// Runs steps `from..to` on `s`, returning every output and report.
+fn drive(s: &mut Session, from: u64, to: u64) -> Vec<(tch::Tensor, String)> {
+    let mut model = three_class_model();
+    (from..to)
+        .map(|step| {
+            let (x, y) = labelled_batch(10, 100 + step as i64);
+            let h = s.harden_batch(&mut model, &x, &y).unwrap();
+            (
+                h.inputs,
+                format!("{:?} {:?}", h.report.phase, h.report.directions),
+            )
+        })
+        .collect()
+}
+
+fn state_of(s: &Session) -> String {
+    format!(
+        "{:?} {} {:?} {:?} {:?}",
+        s.phase(),
+        s.step(),
+        s.scheduler(),
+        s.bounds(),
+        s.accuracy()
+    )
+}
+
+#[test]
+fn resumed_session_equals_uninterrupted_one() {
+    const TOTAL: u64 = 10;
+    let mut straight = Session::new(config(), spec()).unwrap();
+    let reference = drive(&mut straight, 0, TOTAL);
+    let reference_bytes_state = state_of(&straight);
+    // k = 1: inside the warm-up; 3: warm-up just ended (period boundary);
+    // 4 and 5: mid-period; 6: period boundary.
+    for k in [1u64, 3, 4, 5, 6] {
+        let mut first = Session::new(config(), spec()).unwrap();
+        let head = drive(&mut first, 0, k);
+        let bytes = first.to_bytes().unwrap();
+        drop(first);
+        let mut resumed = Session::from_bytes(&bytes, Some(spec())).unwrap();
+        assert_eq!(resumed.step(), k);
+        let tail = drive(&mut resumed, k, TOTAL);
+        for (i, ((a, ra), (b, rb))) in reference.iter().zip(head.iter().chain(&tail)).enumerate() {
+            assert_eq!(ra, rb, "report of step {i} after resuming at {k}");
+            assert!(
+                a.equal(b),
+                "stamped batch of step {i} after resuming at {k}"
+            );
+        }
+        assert_eq!(
+            state_of(&resumed),
+            reference_bytes_state,
+            "final state after resuming at {k}"
+        );
+        // The caches hold bit-identical triggers.
+        for ((ka, (sa, ta)), (kb, (sb, tb))) in straight.cache().iter().zip(resumed.cache().iter())
+        {
+            assert_eq!((ka, sa), (kb, sb));
+            assert_eq!(ta, tb);
+        }
+    }
+}
+
+#[test]
+fn checkpoint_for_another_model_is_refused_with_the_reason() {
+    let s = Session::new(config(), spec()).unwrap();
+    let bytes = s.to_bytes().unwrap();
+    let e = Session::from_bytes(
+        &bytes,
+        Some(SessionSpec {
+            num_classes: 10,
+            ..spec()
+        }),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("3 classes, the model has 10"), "{e}");
+    let e = Session::from_bytes(
+        &bytes,
+        Some(SessionSpec {
+            input_shape: [3, 4, 4],
+            ..spec()
+        }),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("inputs"), "{e}");
+    assert!(Session::from_bytes(&bytes, None).is_ok());
+}
+
+#[test]
+fn save_and_load_through_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ckpt");
+    let mut s = Session::new(config(), spec()).unwrap();
+    drive(&mut s, 0, 4);
+    s.save(&path).unwrap();
+    let back = Session::load(&path, Some(spec())).unwrap();
+    assert_eq!(state_of(&back), state_of(&s));
+    let e = Session::load(&dir.path().join("missing"), None).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn damaged_session_checkpoints_are_refused_without_panicking() {
+    let mut s = Session::new(config(), spec()).unwrap();
+    drive(&mut s, 0, 5);
+    let good = s.to_bytes().unwrap();
+    let header = parse_header(&good).unwrap();
+    let off = header.payload_offset;
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let (mut tried, mut rejected, mut accepted) = (0, 0, 0);
+    // Every truncation (cheap: most are refused by length checks).
+    for len in (0..good.len()).step_by(7) {
+        tried += 1;
+        assert!(Session::from_bytes(&good[..len], None).is_err());
+        rejected += 1;
+    }
+    // Random byte damage, with the checksum fixed up half of the time so
+    // that the payload decoder and the state validation see it.
+    for i in 0..3000 {
+        let mut b = good.clone();
+        for _ in 0..(1 + xorshift(&mut rng) % 3) {
+            let at = off + (xorshift(&mut rng) as usize) % (b.len() - off);
+            b[at] ^= 1 << (xorshift(&mut rng) % 8);
+        }
+        if i % 2 == 0 {
+            let crc = crc32fast::hash(&b[off..]);
+            b[off - 4..off].copy_from_slice(&crc.to_le_bytes());
+        }
+        tried += 1;
+        match Session::from_bytes(&b, Some(spec())) {
+            Err(_) => rejected += 1,
+            Ok(restored) => {
+                // A mutation that still decodes must be a coherent session.
+                assert!(restored.scheduler().validate(3).is_ok());
+                accepted += 1;
+            }
+        }
+    }
+    println!("{tried} damaged session checkpoints: {rejected} rejected, {accepted} decoded to a valid state");
+    assert!(rejected > tried / 2);
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v1.ckpt");
+
+/// The committed golden file must keep loading: a change of the format
+/// needs a new FORMAT_VERSION and a new golden file.
+#[test]
+fn golden_checkpoint_still_loads() {
+    let bytes = std::fs::read(GOLDEN).expect("tests/golden/session-v1.ckpt is committed");
+    let s = Session::from_bytes(&bytes, Some(spec())).unwrap();
+    assert_eq!(s.step(), 5);
+    assert_eq!(s.config().seed, 21);
+    assert!(matches!(
+        s.phase(),
+        moth::session::Phase::Orthogonalize { .. }
+    ));
+    assert!(s.cache().len() >= 4);
+    // Resuming from it works.
+    let mut s = s;
+    drive(&mut s, 5, 7);
+    assert_eq!(s.step(), 7);
+}
+
+/// Writes the golden file (run by hand with --ignored when the format
+/// version changes).
+#[test]
+#[ignore]
+fn regenerate_golden_checkpoint() {
+    let mut s = Session::new(config(), spec()).unwrap();
+    drive(&mut s, 0, 5);
+    s.save(std::path::Path::new(GOLDEN)).unwrap();
+}
