@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use moth::config::InversionBudget;
 use moth::session::{
     AccuracyVerdict, DoneReason, Method, Phase, Session, SessionConfig, SessionSpec,
 };
@@ -12,34 +11,11 @@ use moth::Error;
 use tch::{Kind, Tensor};
 
 fn small_config(method: Method) -> SessionConfig {
-    let mut cfg = SessionConfig {
-        method,
-        seed: 5,
-        accuracy_every: 0,
-        // 3 classes x 10 per batch: portion 0.2 stamps 2 samples per direction.
-        portion: 0.2,
-        ..SessionConfig::default()
-    };
-    cfg.warmup.budget = InversionBudget {
-        steps: 40,
-        ..cfg.warmup.budget
-    };
-    cfg.first = InversionBudget {
-        steps: 30,
-        ..cfg.first
-    };
-    cfg.later = InversionBudget {
-        steps: 10,
-        ..cfg.later
-    };
-    cfg
+    common::small_config(method, 5, 40, 30, 10)
 }
 
 fn spec() -> SessionSpec {
-    SessionSpec {
-        num_classes: 3,
-        input_shape: [1, SIDE, SIDE],
-    }
+    three_class_spec()
 }
 
 fn snapshot(s: &Session) -> String {

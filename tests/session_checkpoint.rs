@@ -5,38 +5,15 @@ mod common;
 
 use common::*;
 use moth::checkpoint::parse_header;
-use moth::config::InversionBudget;
 use moth::session::{Method, Session, SessionConfig, SessionSpec};
 use moth::Error;
 
 fn config() -> SessionConfig {
-    let mut cfg = SessionConfig {
-        method: Method::Moth,
-        seed: 21,
-        accuracy_every: 0,
-        portion: 0.2,
-        ..SessionConfig::default()
-    };
-    cfg.warmup.budget = InversionBudget {
-        steps: 30,
-        ..cfg.warmup.budget
-    };
-    cfg.first = InversionBudget {
-        steps: 20,
-        ..cfg.first
-    };
-    cfg.later = InversionBudget {
-        steps: 8,
-        ..cfg.later
-    };
-    cfg
+    small_config(Method::Moth, 21, 30, 20, 8)
 }
 
 fn spec() -> SessionSpec {
-    SessionSpec {
-        num_classes: 3,
-        input_shape: [1, SIDE, SIDE],
-    }
+    three_class_spec()
 }
 
 /// Runs steps `from..to` on `s`, returning every output and report.

@@ -37,6 +37,43 @@ enum Command {
     Harden(HardenArgs),
     /// Print what a checkpoint (run.ckpt or a session checkpoint) holds.
     Inspect(InspectArgs),
+    /// Compare hardening methods (and bounds) with the same training budget
+    /// and distance protocol; prints one table.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Base model (trained first when the default is missing).
+    #[arg(long, default_value = "runs/base/model.moth")]
+    model: PathBuf,
+    /// Variants as method:bounds, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "moth:fixed,universal:fixed,pairwise:fixed,asymmetric:fixed"
+    )]
+    variants: Vec<String>,
+    /// Epochs after the warm-up, the same for every variant.
+    #[arg(long, default_value_t = 0.25)]
+    epochs: f64,
+    /// Distance measurements per run (evenly spaced; the last at the end).
+    #[arg(long, default_value_t = 3)]
+    points: usize,
+    /// Test samples per class for the distances.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// Inversion steps per direction for the distances.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Session settings as JSON, as for `harden`.
+    #[arg(long, value_name = "JSON")]
+    session_config: Option<String>,
+    /// Output folder for bench.json and bench.md.
+    #[arg(long, default_value = "runs/bench")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -56,6 +93,24 @@ struct Common {
     /// Seed for every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// How class distances are measured.
+#[derive(Args, Clone)]
+struct ProtocolArgs {
+    /// quick (default on CPU: 32 samples/class, 200 steps, 1 seed) or paper
+    /// (100 samples/class, 1000 steps, 3 seeds; default on CUDA).
+    #[arg(long)]
+    protocol: Option<Protocol>,
+    /// Override: test samples per class.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Override: inversion steps per direction.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override: seeds, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
 }
 
 #[derive(Args)]
@@ -87,19 +142,8 @@ struct DistanceArgs {
     /// `C,H,W` of a TorchScript model's inputs.
     #[arg(long, value_parser = parse_shape)]
     input_shape: Option<[i64; 3]>,
-    /// quick (default on CPU: 32 samples/class, 200 steps, 1 seed) or paper
-    /// (100 samples/class, 1000 steps, 3 seeds; default on CUDA).
-    #[arg(long)]
-    protocol: Option<Protocol>,
-    /// Override: test samples per class.
-    #[arg(long)]
-    samples: Option<usize>,
-    /// Override: inversion steps per direction.
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Override: seeds, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    seeds: Option<Vec<u64>>,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Output folder for distances.json and heatmap.png.
     #[arg(long, default_value = "runs/distance")]
     out: PathBuf,
@@ -132,18 +176,8 @@ struct HardenArgs {
     /// Stop when clean accuracy drops by more than this many points.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
-    /// Distance protocol, as for `moth distance`.
-    #[arg(long)]
-    protocol: Option<Protocol>,
-    /// Override: test samples per class for the distances.
-    #[arg(long)]
-    samples: Option<usize>,
-    /// Override: inversion steps per direction for the distances.
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Override: distance seeds, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    seeds: Option<Vec<u64>>,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Skip the distance measurements (only harden).
     #[arg(long)]
     no_distance: bool,
@@ -215,6 +249,7 @@ fn main() {
         Command::Distance(a) => run_distance(&a).map(|_| ()),
         Command::Harden(a) => run_harden(&a).map(|_| ()),
         Command::Inspect(a) => run_inspect(&a.path),
+        Command::Bench(a) => run_bench(&a),
     };
     if let Err(e) = result {
         eprintln!("moth: error: {e}");
@@ -308,32 +343,28 @@ fn load_or_train(
     Model::load(path, shape, device)
 }
 
-fn distance_config(
-    protocol: Option<Protocol>,
-    samples: Option<usize>,
-    steps: Option<usize>,
-    seeds: &Option<Vec<u64>>,
-    device: tch::Device,
-) -> DistanceConfig {
-    let protocol = protocol.unwrap_or(if device.is_cuda() {
-        Protocol::Paper
-    } else {
-        Protocol::Quick
-    });
-    let mut cfg = match protocol {
-        Protocol::Quick => DistanceConfig::quick(),
-        Protocol::Paper => DistanceConfig::paper(),
-    };
-    if let Some(s) = samples {
-        cfg.samples_per_class = s;
+impl ProtocolArgs {
+    fn config(&self, device: tch::Device) -> DistanceConfig {
+        let protocol = self.protocol.unwrap_or(if device.is_cuda() {
+            Protocol::Paper
+        } else {
+            Protocol::Quick
+        });
+        let mut cfg = match protocol {
+            Protocol::Quick => DistanceConfig::quick(),
+            Protocol::Paper => DistanceConfig::paper(),
+        };
+        if let Some(s) = self.samples {
+            cfg.samples_per_class = s;
+        }
+        if let Some(s) = self.steps {
+            cfg.budget.steps = s;
+        }
+        if let Some(s) = &self.seeds {
+            cfg.seeds = s.clone();
+        }
+        cfg
     }
-    if let Some(s) = steps {
-        cfg.budget.steps = s;
-    }
-    if let Some(s) = seeds {
-        cfg.seeds = s.clone();
-    }
-    cfg
 }
 
 fn run_distance(a: &DistanceArgs) -> moth::Result<DistanceMatrix> {
@@ -342,7 +373,7 @@ fn run_distance(a: &DistanceArgs) -> moth::Result<DistanceMatrix> {
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
     }
-    let cfg = distance_config(a.protocol, a.samples, a.steps, &a.seeds, model.device());
+    let cfg = a.protocol.config(model.device());
     println!(
         "measuring class distances of {} ({})",
         a.model.display(),
@@ -586,7 +617,7 @@ fn start_harden<'d>(
         test_set.classes = classes.clone();
     }
     let device = model.device();
-    let dcfg = distance_config(a.protocol, a.samples, a.steps, &a.seeds, device);
+    let dcfg = a.protocol.config(device);
     let session_cfg = session_config(a)?;
     let run_cfg = RunConfig {
         epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 1.0 }),
@@ -912,4 +943,198 @@ fn run_inspect(path: &Path) -> moth::Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    variant: String,
+    enlargement: f64,
+    accuracy_before: f64,
+    accuracy_after: f64,
+    harden_seconds: f64,
+    steps: u64,
+    /// (hardening seconds, enlargement) at each measurement point.
+    curve: Vec<(f64, f64)>,
+    after: DistanceMatrix,
+}
+
+/// Hardening time at which a run's enlargement curve first reaches `target`
+/// (linear interpolation between measurement points; None if never).
+fn time_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
+    let mut prev = (0.0, 0.0);
+    for &(t, e) in curve {
+        if e >= target {
+            let frac = if e > prev.1 {
+                (target - prev.1) / (e - prev.1)
+            } else {
+                1.0
+            };
+            return Some(prev.0 + frac.clamp(0.0, 1.0) * (t - prev.0));
+        }
+        prev = (t, e);
+    }
+    None
+}
+
+fn run_bench(a: &BenchArgs) -> moth::Result<()> {
+    use moth::bounds::BoundsMode;
+    use moth::runner::{HardenRun, RunConfig};
+    use moth::session::{Method, SessionConfig};
+
+    let (mut base, classes) = load_or_train(&a.model, &a.common, None)?;
+    let device = base.device();
+    let train_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?;
+    let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    test_set.classes = classes;
+    let dcfg = DistanceConfig {
+        samples_per_class: a.samples,
+        budget: moth::config::InversionBudget {
+            steps: a.steps,
+            ..DistanceConfig::paper().budget
+        },
+        seeds: vec![a.common.seed],
+        ..DistanceConfig::paper()
+    };
+    println!(
+        "bench: {} epoch(s) after warm-up per variant, distances: {}",
+        a.epochs,
+        dcfg.describe()
+    );
+    let acc_before = model::accuracy(&mut base, &test_set.images, &test_set.labels, 500)?;
+    let before = measure_with_progress(&mut base, &test_set, &dcfg)?;
+    println!(
+        "before: accuracy {:.2}%, mean distance {:.2}",
+        100.0 * acc_before,
+        before.mean()
+    );
+    let mut rows = Vec::new();
+    for v in &a.variants {
+        let (method, bounds) = v.split_once(':').unwrap_or((v.as_str(), "fixed"));
+        let method: Method = method.parse()?;
+        let mut cfg = match &a.session_config {
+            Some(json) => serde_json::from_str::<SessionConfig>(json)
+                .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
+            None => SessionConfig::default(),
+        };
+        cfg.method = method;
+        cfg.seed = a.common.seed;
+        cfg.bounds.mode = match bounds {
+            "fixed" => BoundsMode::Fixed,
+            "growing" => BoundsMode::Growing,
+            other => {
+                return Err(moth::Error::Config(format!(
+                    "unknown bounds '{other}' in variant '{v}'"
+                )))
+            }
+        };
+        let (model, _) = Model::load(&a.model, None, device)?;
+        let run_cfg = RunConfig {
+            epochs: a.epochs,
+            ..RunConfig::default()
+        };
+        let mut run = HardenRun::new(model, cfg, run_cfg, &train_set, &test_set)?;
+        let total = run.session.config().max_steps;
+        let points: Vec<u64> = (1..=a.points.max(1) as u64)
+            .map(|i| total * i / a.points.max(1) as u64)
+            .collect();
+        let pb = bar(total, "{msg} [{bar:30}] step {pos}/{len}, ETA {eta}");
+        pb.set_message(v.clone());
+        let mut spent = 0.0;
+        let mut curve = Vec::new();
+        let mut after = before.clone();
+        loop {
+            let t = Instant::now();
+            let more = run.step()?;
+            spent += t.elapsed().as_secs_f64();
+            pb.set_position(run.session.step());
+            let s = run.session.step();
+            if points.contains(&s) || !more {
+                after = distance::measure(&mut run.model, &test_set, &dcfg, &mut |_| {})?;
+                curve.push((spent, before.enlargement(&after)));
+            }
+            if !more {
+                break;
+            }
+        }
+        pb.finish_and_clear();
+        let acc_after = model::accuracy(&mut run.model, &test_set.images, &test_set.labels, 500)?;
+        let row = BenchRow {
+            variant: v.clone(),
+            enlargement: curve.last().map_or(0.0, |c| c.1),
+            accuracy_before: acc_before,
+            accuracy_after: acc_after,
+            harden_seconds: spent,
+            steps: run.session.step(),
+            curve,
+            after,
+        };
+        println!(
+            "{v}: enlargement {:+.1}%, accuracy {:+.2} points, {:.1} s hardening, {} steps",
+            100.0 * row.enlargement,
+            100.0 * (acc_after - acc_before),
+            spent,
+            row.steps
+        );
+        rows.push(row);
+    }
+    let table = bench_table(&rows, &dcfg, a, device);
+    println!("\n{table}");
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| moth::Error::io(format!("creating {}", a.out.display()), e))?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "before": before, "rows": rows }))
+        .map_err(|e| moth::Error::Input(e.to_string()))?;
+    std::fs::write(a.out.join("bench.json"), json)
+        .map_err(|e| moth::Error::io("writing bench.json", e))?;
+    std::fs::write(a.out.join("bench.md"), &table)
+        .map_err(|e| moth::Error::io("writing bench.md", e))?;
+    println!("wrote {}/bench.json and bench.md", a.out.display());
+    Ok(())
+}
+
+fn bench_table(
+    rows: &[BenchRow],
+    dcfg: &DistanceConfig,
+    a: &BenchArgs,
+    device: tch::Device,
+) -> String {
+    let find = |name: &str| rows.iter().find(|r| r.variant.starts_with(name));
+    let target = match (find("moth:"), find("pairwise:")) {
+        (Some(m), Some(p)) => Some(m.enlargement.min(p.enlargement)),
+        _ => None,
+    };
+    let mut t = format!(
+        "| variant | enlargement | accuracy change (points) | hardening time (s) | steps |{}\n|---|---|---|---|---|{}\n",
+        if target.is_some() { " time to reach the common enlargement (s) |" } else { "" },
+        if target.is_some() { "---|" } else { "" }
+    );
+    for r in rows {
+        let reach = target.map(|g| {
+            time_to_reach(&r.curve, g).map_or("not reached".to_string(), |s| format!("{s:.1}"))
+        });
+        t.push_str(&format!(
+            "| {} | {:+.1}% | {:+.2} | {:.1} | {} |{}\n",
+            r.variant,
+            100.0 * r.enlargement,
+            100.0 * (r.accuracy_after - r.accuracy_before),
+            r.harden_seconds,
+            r.steps,
+            reach.map_or(String::new(), |s| format!(" {s} |"))
+        ));
+    }
+    if let Some(g) = target {
+        t.push_str(&format!(
+            "\nCommon enlargement = min(MOTH, Pairwise) = {:+.1}%.\n",
+            100.0 * g
+        ));
+    }
+    t.push_str(&format!(
+        "\nProtocol: {} epoch(s) after a {}-step warm-up, seed {}, device {device:?}, {} libtorch threads; distances: {}; {} measurement points per run.\n",
+        a.epochs,
+        rows.first().map_or(0, |r| r.after.len()),
+        a.common.seed,
+        tch::get_num_threads(),
+        dcfg.describe(),
+        a.points
+    ));
+    t
 }

@@ -1,7 +1,9 @@
 //! Tiny models and data whose class distances are known by construction.
 #![allow(dead_code)]
 
+use moth::config::InversionBudget;
 use moth::model::Classifier;
+use moth::session::{Method, SessionConfig, SessionSpec};
 use tch::{Device, Kind, Tensor};
 
 /// A fixed linear classifier on flattened inputs: `logits = x W^T + b`.
@@ -73,4 +75,43 @@ pub fn labelled_batch(per_class: i64, seed: i64) -> (Tensor, Tensor) {
         0,
     );
     (x, y)
+}
+
+/// A session configuration with tiny budgets for the three-class model:
+/// batches of 10 per class, portion 0.2 stamps 2 samples per direction.
+pub fn small_config(
+    method: Method,
+    seed: u64,
+    warmup: usize,
+    first: usize,
+    later: usize,
+) -> SessionConfig {
+    let mut cfg = SessionConfig {
+        method,
+        seed,
+        accuracy_every: 0,
+        portion: 0.2,
+        ..SessionConfig::default()
+    };
+    cfg.warmup.budget = InversionBudget {
+        steps: warmup,
+        ..cfg.warmup.budget
+    };
+    cfg.first = InversionBudget {
+        steps: first,
+        ..cfg.first
+    };
+    cfg.later = InversionBudget {
+        steps: later,
+        ..cfg.later
+    };
+    cfg
+}
+
+/// The session spec of the three-class model.
+pub fn three_class_spec() -> SessionSpec {
+    SessionSpec {
+        num_classes: 3,
+        input_shape: [1, SIDE, SIDE],
+    }
 }
