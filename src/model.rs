@@ -352,6 +352,17 @@ impl Model {
         Ok(())
     }
 
+    /// Freezes (false) or unfreezes (true) the parameters. A frozen model
+    /// can still be inverted (gradients flow to the input) and can be traced
+    /// into TorchScript, whose constants must not require gradients.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        if trainable {
+            self.vs.unfreeze()
+        } else {
+            self.vs.freeze()
+        }
+    }
+
     /// Trainable parameters, in a stable (name-sorted) order.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<_> = self
