@@ -26,6 +26,8 @@ install_apt() {
     command -v cmake >/dev/null || missing+=(cmake)
     command -v go >/dev/null || missing+=(golang-go)
     command -v valgrind >/dev/null || missing+=(valgrind)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=""

@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod distance;
 pub mod error;
+pub mod ffi;
 pub mod heatmap;
 pub mod inversion;
 pub mod model;

@@ -136,6 +136,10 @@ impl SessionConfig {
     }
 }
 
+/// The largest class count a session accepts: its four N x N matrices and
+/// N(N-1) cached triggers grow quadratically.
+pub const MAX_CLASSES: usize = 4096;
+
 /// The model the session hardens, as far as the session needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSpec {
@@ -307,9 +311,9 @@ impl Session {
     /// A new session for a model with `spec`, starting in warm-up.
     pub fn new(config: SessionConfig, spec: SessionSpec) -> Result<Self> {
         config.validate()?;
-        if spec.num_classes < 2 {
+        if spec.num_classes < 2 || spec.num_classes > MAX_CLASSES {
             return Err(Error::Config(format!(
-                "need at least 2 classes, got {}",
+                "need between 2 and {MAX_CLASSES} classes, got {}",
                 spec.num_classes
             )));
         }
@@ -742,6 +746,13 @@ impl State {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let others_present = per_class
+            .iter()
+            .enumerate()
+            .any(|(c, t)| c != target && t.size()[0] > 0);
+        if !others_present {
+            return Ok(()); // the batch holds only the target class: train on it clean
+        }
         let init = self.universal.get(&target).cloned();
         let budget = if init.is_some() {
             ctx.cfg.later
@@ -753,7 +764,7 @@ impl State {
             ..ctx.cfg.warmup.clone()
         };
         let seed = self.rng.random();
-        let u = match warmup::universal_trigger(
+        let u = warmup::universal_trigger(
             ctx.model,
             &per_class,
             target,
@@ -761,11 +772,7 @@ impl State {
             &wcfg,
             &ctx.cfg.inversion,
             seed,
-        ) {
-            Ok(u) => u,
-            Err(Error::Input(_)) => return Ok(()), // the batch holds only the target class
-            Err(e) => return Err(e),
-        };
+        )?;
         ctx.inversion_steps += budget.steps;
         let trigger = cpu_trigger(&u.outcome.trigger)?;
         let stamped = self.stamp_universal(

@@ -118,11 +118,14 @@ pub fn to_param(v: &Tensor) -> Result<Tensor> {
         .f_atanh()?)
 }
 
-/// The inverse of [`to_param`]: `tanh(t) / (2 - e) + 0.5`, always in `(0, 1)`.
+/// The inverse of [`to_param`]: `tanh(t) / (2 - e) + 0.5`, clamped to
+/// `[0, 1]` because in f32 `2 - e` rounds so that a saturated `tanh` lands a
+/// hair outside.
 pub fn from_param(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_tanh()?
         .f_div_scalar(2.0 - TANH_EPS)?
-        .f_add_scalar(0.5)?)
+        .f_add_scalar(0.5)?
+        .f_clamp(0.0, 1.0)?)
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! The `moth` program end to end on a small slice of Fashion-MNIST: train,
 //! measure distances, harden, interrupt and resume (in new processes), inspect.
+//!
+//! The tests run in parallel, each starting `moth` processes: one libtorch
+//! thread each, since OpenMP pools that spin on the same two cores slow
+//! each other down by an order of magnitude.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,6 +20,7 @@ fn moth(args: &[&str]) -> std::process::Output {
     let out = Command::new(MOTH)
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1")
         .output()
         .expect("moth runs");
     out
@@ -161,6 +166,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     let model = base_model(dir.path());
     let out_dir = dir.path().join("run");
     let mut child = Command::new(MOTH)
+        .env("OMP_NUM_THREADS", "1")
         .args([
             "harden",
             "--model",

@@ -231,14 +231,70 @@ fn parse_shape(s: &str) -> Result<[i64; 3], String> {
     }
 }
 
-fn bar(total: u64, template: &str) -> ProgressBar {
+/// A progress bar on a terminal; elsewhere (CI logs, pipes) one plain line
+/// every 30 seconds, so that long runs still show where they are.
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    start: Instant,
+    last_line: std::cell::Cell<f64>,
+    message: std::cell::RefCell<String>,
+}
+
+impl Progress {
+    fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
+    fn set_message(&self, msg: String) {
+        if self.plain {
+            *self.message.borrow_mut() = msg;
+        } else {
+            self.bar.set_message(msg);
+        }
+    }
+
+    fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+        if !self.plain {
+            return;
+        }
+        let t = self.start.elapsed().as_secs_f64();
+        if t - self.last_line.get() >= 30.0 {
+            self.last_line.set(t);
+            let len = self.bar.length().unwrap_or(0);
+            let eta = if pos > 0 && len > pos {
+                t / pos as f64 * (len - pos) as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "  {pos}/{len} after {t:.0} s, ETA {eta:.0} s {}",
+                self.message.borrow()
+            );
+        }
+    }
+
+    fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn bar(total: u64, template: &str) -> Progress {
+    use std::io::IsTerminal;
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    pb
+    Progress {
+        bar: pb,
+        plain: !std::io::stderr().is_terminal(),
+        start: Instant::now(),
+        last_line: std::cell::Cell::new(0.0),
+        message: std::cell::RefCell::new(String::new()),
+    }
 }
 
 fn main() {

@@ -1,0 +1,431 @@
+// moth.hpp: header-only C++17 RAII wrapper over the moth C API (moth.h).
+//
+// Owning, move-only classes (Config, Tensor, Classifier, Session); every
+// failing call throws moth::Error carrying the status and moth's message.
+// Flow signals are not errors: Session::harden returns std::nullopt when the
+// session is done or waits for an accuracy report.
+//
+// When libtorch's headers are reachable (<ATen/core/Tensor.h>), the wrapper
+// also converts moth tensors to and from at::Tensor without copying and
+// builds a Classifier from any forward function (a torch::nn::Module's).
+// Define MOTH_HPP_NO_TORCH to leave that part out.
+#ifndef MOTH_HPP
+#define MOTH_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moth.h"
+
+#if !defined(MOTH_HPP_NO_TORCH) && defined(__has_include)
+#if __has_include(<ATen/core/Tensor.h>)
+#include <ATen/core/Tensor.h>
+#define MOTH_HPP_HAS_TORCH 1
+#endif
+#endif
+
+namespace moth {
+
+/// Discards a status on purpose (GCC's warn_unused_result ignores (void) casts).
+inline void ignore_status(moth_status) noexcept {}
+
+/// A failed moth call: the status and moth's message.
+class Error : public std::runtime_error {
+  public:
+    Error(moth_status status, const std::string &message)
+        : std::runtime_error(std::string(moth_status_name(status)) + ": " + message),
+          status_(status) {}
+    /// The status the C call returned.
+    moth_status status() const noexcept { return status_; }
+
+  private:
+    moth_status status_;
+};
+
+namespace detail {
+/// Reads a string through one of moth's (buf, len, needed) getters.
+template <typename F> std::string read_string(F &&get) {
+    size_t needed = 0;
+    moth_status st = get(nullptr, 0, &needed);
+    if (st != MOTH_STATUS_OK && st != MOTH_STATUS_BUFFER_TOO_SMALL) return {};
+    std::string s(needed, '\0');
+    if (needed == 0 || get(s.data(), s.size(), &needed) != MOTH_STATUS_OK) return {};
+    s.resize(needed - 1);
+    return s;
+}
+
+inline std::string thread_error() {
+    return read_string([](char *b, size_t l, size_t *n) { return moth_last_error(b, l, n); });
+}
+
+inline std::string session_error(const moth_session *s) {
+    return read_string(
+        [s](char *b, size_t l, size_t *n) { return moth_session_last_error(s, b, l, n); });
+}
+} // namespace detail
+
+/// Throws moth::Error unless `st` is MOTH_STATUS_OK (message from this thread).
+inline void check(moth_status st) {
+    if (st != MOTH_STATUS_OK) throw Error(st, detail::thread_error());
+}
+
+/// Throws moth::Error unless `st` is MOTH_STATUS_OK (message from the session).
+inline void check(moth_status st, const moth_session *s) {
+    if (st != MOTH_STATUS_OK) throw Error(st, detail::session_error(s));
+}
+
+/// Library version at run time ("MAJOR.MINOR.PATCH").
+inline std::string version() { return moth_version(); }
+
+/// Throws unless the loaded library has the ABI this header describes.
+inline void check_abi() {
+    if (moth_abi_version() != MOTH_ABI_VERSION)
+        throw Error(MOTH_STATUS_UNSUPPORTED,
+                    "libmoth ABI " + std::to_string(moth_abi_version()) +
+                        " does not match the header's " + std::to_string(MOTH_ABI_VERSION));
+}
+
+/// The CPU, or CUDA device `index`.
+inline moth_device cpu() { return moth_device{MOTH_DEVICE_TYPE_CPU, 0}; }
+inline moth_device cuda(int32_t index = 0) { return moth_device{MOTH_DEVICE_TYPE_CUDA, index}; }
+
+/// A session configuration (defaults, then typed setters or JSON).
+class Config {
+  public:
+    Config() { check(moth_config_new(&raw_)); }
+    /// Parses `json` and merges it into the defaults.
+    explicit Config(const std::string &json) : Config() { set_json(json); }
+    Config(Config &&o) noexcept : raw_(std::exchange(o.raw_, nullptr)) {}
+    Config &operator=(Config &&o) noexcept {
+        std::swap(raw_, o.raw_);
+        return *this;
+    }
+    Config(const Config &) = delete;
+    Config &operator=(const Config &) = delete;
+    ~Config() { moth_config_free(raw_); }
+
+    Config &set_json(const std::string &json) {
+        check(moth_config_set_json(raw_, json.c_str()));
+        return *this;
+    }
+    Config &set(const std::string &key, int64_t v) {
+        check(moth_config_set_int(raw_, key.c_str(), v));
+        return *this;
+    }
+    Config &set(const std::string &key, int v) { return set(key, static_cast<int64_t>(v)); }
+    Config &set(const std::string &key, double v) {
+        check(moth_config_set_double(raw_, key.c_str(), v));
+        return *this;
+    }
+    Config &set(const std::string &key, const std::string &v) {
+        check(moth_config_set_string(raw_, key.c_str(), v.c_str()));
+        return *this;
+    }
+    /// Every setting, defaults included, as JSON.
+    std::string to_json() const {
+        const moth_config *c = raw_;
+        auto s = detail::read_string(
+            [c](char *b, size_t l, size_t *n) { return moth_config_to_json(c, b, l, n); });
+        return s;
+    }
+    const moth_config *get() const noexcept { return raw_; }
+
+  private:
+    moth_config *raw_ = nullptr;
+};
+
+/// An owned moth tensor handle.
+class Tensor {
+  public:
+    Tensor() = default;
+    /// Takes ownership of a handle.
+    explicit Tensor(moth_tensor *raw) noexcept : raw_(raw) {}
+    Tensor(Tensor &&o) noexcept : raw_(std::exchange(o.raw_, nullptr)) {}
+    Tensor &operator=(Tensor &&o) noexcept {
+        std::swap(raw_, o.raw_);
+        return *this;
+    }
+    Tensor(const Tensor &) = delete;
+    Tensor &operator=(const Tensor &) = delete;
+    ~Tensor() { moth_tensor_free(raw_); }
+
+    /// Copies host memory (C order) into a new tensor.
+    static Tensor from_buffer(const void *data, moth_dtype dtype, const std::vector<int64_t> &shape,
+                              moth_device device = cpu()) {
+        moth_tensor *t = nullptr;
+        check(moth_tensor_from_buffer(data, dtype, shape.data(), shape.size(), device, &t));
+        return Tensor(t);
+    }
+
+    std::vector<int64_t> shape() const {
+        size_t nd = 0;
+        moth_status st = moth_tensor_shape(raw_, nullptr, 0, &nd);
+        if (st != MOTH_STATUS_OK && st != MOTH_STATUS_BUFFER_TOO_SMALL) check(st);
+        std::vector<int64_t> s(nd);
+        check(moth_tensor_shape(raw_, s.data(), s.size(), &nd));
+        return s;
+    }
+
+    /// Copies the elements into host memory of `bytes` bytes.
+    void copy_to(void *out, size_t bytes) const {
+        check(moth_tensor_copy_to_buffer(raw_, out, bytes));
+    }
+
+#ifdef MOTH_HPP_HAS_TORCH
+    /// Wraps an at::Tensor without copying (shares storage and autograd).
+    explicit Tensor(const at::Tensor &t) {
+        check(moth_tensor_from_at_tensor(const_cast<at::Tensor *>(&t), &raw_));
+    }
+    /// The at::Tensor inside (a new reference, no copy).
+    at::Tensor to_at() const {
+        void *p = nullptr;
+        check(moth_tensor_to_at_tensor(raw_, &p));
+        return *static_cast<at::Tensor *>(p);
+    }
+#endif
+
+    moth_tensor *get() const noexcept { return raw_; }
+    explicit operator bool() const noexcept { return raw_ != nullptr; }
+
+  private:
+    moth_tensor *raw_ = nullptr;
+};
+
+/// The model a session hardens: a TorchScript file, or the caller's own
+/// forward function.
+class Classifier {
+  public:
+    Classifier(Classifier &&o) noexcept : raw_(std::exchange(o.raw_, nullptr)) {}
+    Classifier &operator=(Classifier &&o) noexcept {
+        std::swap(raw_, o.raw_);
+        return *this;
+    }
+    Classifier(const Classifier &) = delete;
+    Classifier &operator=(const Classifier &) = delete;
+    ~Classifier() { moth_classifier_free(raw_); }
+
+    /// Loads a TorchScript module taking [n, c, h, w] pixels in [0, 1].
+    static Classifier from_torchscript(const std::string &path, int64_t c, int64_t h, int64_t w,
+                                       moth_device device = cpu()) {
+        moth_classifier *raw = nullptr;
+        check(moth_classifier_from_torchscript(path.c_str(), c, h, w, device, &raw));
+        return Classifier(raw);
+    }
+
+#ifdef MOTH_HPP_HAS_TORCH
+    using Forward = std::function<at::Tensor(const at::Tensor &)>;
+    using SetTrain = std::function<void(bool)>;
+
+    /// A classifier calling `forward` (logits with gradients flowing to the
+    /// input) and `set_train` (may be empty). Exceptions they throw become
+    /// MOTH_STATUS_CALLBACK with the exception's message.
+    static Classifier from_forward(Forward forward, SetTrain set_train,
+                                   moth_device device = cpu()) {
+        auto *cb = new Callbacks{std::move(forward), std::move(set_train)};
+        moth_classifier *raw = nullptr;
+        moth_status st = moth_classifier_from_callback(
+            &Classifier::forward_trampoline,
+            cb->set_train ? &Classifier::set_train_trampoline : nullptr, cb,
+            &Classifier::free_callbacks, device, &raw);
+        if (st != MOTH_STATUS_OK) {
+            delete cb; // not taken over on failure
+            check(st);
+        }
+        return Classifier(raw);
+    }
+#endif
+
+    /// Logits for `x` without gradients.
+    Tensor forward(const Tensor &x) {
+        moth_tensor *out = nullptr;
+        check(moth_classifier_forward(raw_, x.get(), &out));
+        return Tensor(out);
+    }
+
+    moth_classifier *get() const noexcept { return raw_; }
+
+  private:
+    explicit Classifier(moth_classifier *raw) noexcept : raw_(raw) {}
+
+#ifdef MOTH_HPP_HAS_TORCH
+    struct Callbacks {
+        Forward forward;
+        SetTrain set_train;
+    };
+
+    static int32_t forward_trampoline(void *user, const moth_tensor *input,
+                                       moth_tensor **logits_out) noexcept {
+        try {
+            void *p = nullptr;
+            moth_status st = moth_tensor_to_at_tensor(input, &p);
+            if (st != MOTH_STATUS_OK) return st;
+            at::Tensor logits = static_cast<Callbacks *>(user)->forward(
+                *static_cast<const at::Tensor *>(p));
+            return moth_tensor_from_at_tensor(&logits, logits_out);
+        } catch (const std::exception &e) {
+            ignore_status(moth_callback_set_error(e.what()));
+        } catch (...) {
+            ignore_status(moth_callback_set_error("unknown C++ exception"));
+        }
+        return -1;
+    }
+
+    static int32_t set_train_trampoline(void *user, bool train) noexcept {
+        try {
+            static_cast<Callbacks *>(user)->set_train(train);
+            return 0;
+        } catch (const std::exception &e) {
+            ignore_status(moth_callback_set_error(e.what()));
+        } catch (...) {
+            ignore_status(moth_callback_set_error("unknown C++ exception"));
+        }
+        return -1;
+    }
+
+    static void free_callbacks(void *user) noexcept { delete static_cast<Callbacks *>(user); }
+#endif
+
+    moth_classifier *raw_ = nullptr;
+};
+
+/// A hardening session.
+class Session {
+  public:
+    Session(const Config &config, size_t num_classes, int64_t c, int64_t h, int64_t w) {
+        check(moth_session_new(config.get(), num_classes, c, h, w, &raw_));
+    }
+    Session(Session &&o) noexcept
+        : raw_(std::exchange(o.raw_, nullptr)), log_(std::move(o.log_)) {}
+    Session &operator=(Session &&o) noexcept {
+        std::swap(raw_, o.raw_);
+        std::swap(log_, o.log_);
+        return *this;
+    }
+    Session(const Session &) = delete;
+    Session &operator=(const Session &) = delete;
+    ~Session() { moth_session_free(raw_); }
+
+    /// Loads a checkpoint made for `num_classes` classes and [c, h, w] inputs.
+    static Session load(const std::string &path, size_t num_classes, int64_t c, int64_t h,
+                        int64_t w) {
+        moth_session *raw = nullptr;
+        check(moth_session_load(path.c_str(), num_classes, c, h, w, &raw));
+        return Session(raw);
+    }
+    /// Restores a session from bytes made by to_bytes().
+    static Session from_bytes(const std::vector<uint8_t> &bytes, size_t num_classes, int64_t c,
+                              int64_t h, int64_t w) {
+        moth_session *raw = nullptr;
+        check(moth_session_from_buffer(bytes.data(), bytes.size(), num_classes, c, h, w, &raw));
+        return Session(raw);
+    }
+
+    /// One hardening step; the stamped batch to train on, or std::nullopt
+    /// when the session is done or waits for an accuracy report.
+    std::optional<Tensor> harden(Classifier &model, const Tensor &x, const Tensor &y) {
+        moth_tensor *out = nullptr;
+        moth_status st = moth_session_harden_batch(raw_, model.get(), x.get(), y.get(), &out);
+        if (st == MOTH_STATUS_DONE || st == MOTH_STATUS_ACCURACY_WANTED) return std::nullopt;
+        check(st, raw_);
+        return Tensor(out);
+    }
+
+    moth_step_report last_report() const {
+        moth_step_report r;
+        check(moth_session_last_report(raw_, &r), raw_);
+        return r;
+    }
+    bool wants_accuracy() const {
+        bool b = false;
+        check(moth_session_wants_accuracy(raw_, &b), raw_);
+        return b;
+    }
+    /// Reports clean accuracy; returns the verdict and the drop from the baseline.
+    std::pair<moth_verdict, double> report_accuracy(double accuracy) {
+        moth_verdict v = MOTH_VERDICT_NONE;
+        double drop = 0;
+        check(moth_session_report_accuracy(raw_, accuracy, &v, &drop), raw_);
+        return {v, drop};
+    }
+    moth_phase phase() const {
+        moth_phase p;
+        check(moth_session_phase(raw_, &p), raw_);
+        return p;
+    }
+    uint64_t step() const {
+        uint64_t s = 0;
+        check(moth_session_step(raw_, &s), raw_);
+        return s;
+    }
+    bool is_done() const {
+        bool b = false;
+        check(moth_session_is_done(raw_, &b), raw_);
+        return b;
+    }
+    moth_spec spec() const {
+        moth_spec s;
+        check(moth_session_spec(raw_, &s), raw_);
+        return s;
+    }
+    /// One N x N scheduler matrix, row-major.
+    std::vector<double> matrix(moth_matrix_kind which) const {
+        size_t n = spec().num_classes;
+        std::vector<double> m(n * n);
+        check(moth_session_matrix(raw_, which, m.data(), m.size()), raw_);
+        return m;
+    }
+    void save(const std::string &path) const { check(moth_session_save(raw_, path.c_str()), raw_); }
+    std::vector<uint8_t> to_bytes() const {
+        moth_buffer *b = nullptr;
+        check(moth_session_to_buffer(raw_, &b), raw_);
+        std::unique_ptr<moth_buffer, void (*)(moth_buffer *)> owned(b, moth_buffer_free);
+        const uint8_t *data = nullptr;
+        size_t len = 0;
+        check(moth_buffer_data(b, &data, &len));
+        return std::vector<uint8_t>(data, data + len);
+    }
+    /// Message of the last failed call on this session.
+    std::string last_error() const { return detail::session_error(raw_); }
+
+    using LogFn = std::function<void(moth_log_level, const char *)>;
+    /// Routes the session's log messages to `fn` (empty: none).
+    void set_log(LogFn fn) {
+        if (!fn) {
+            check(moth_session_set_log_callback(raw_, nullptr, nullptr, nullptr), raw_);
+            log_.reset();
+            return;
+        }
+        auto holder = std::make_unique<LogFn>(std::move(fn));
+        check(moth_session_set_log_callback(raw_, &Session::log_trampoline, holder.get(), nullptr),
+              raw_);
+        log_ = std::move(holder); // the previous function is released after the swap
+    }
+
+    moth_session *get() const noexcept { return raw_; }
+
+  private:
+    explicit Session(moth_session *raw) noexcept : raw_(raw) {}
+
+    static void log_trampoline(moth_log_level level, const char *msg, void *user) noexcept {
+        try {
+            (*static_cast<LogFn *>(user))(level, msg);
+        } catch (...) {
+        }
+    }
+
+    moth_session *raw_ = nullptr;
+    // The log function's owner: destroyed after ~Session() freed the session,
+    // so the session never sees a dangling user pointer.
+    std::unique_ptr<LogFn> log_;
+};
+
+} // namespace moth
+
+#endif // MOTH_HPP

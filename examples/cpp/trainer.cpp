@@ -1,0 +1,299 @@
+// trainer.cpp: a libtorch C++ trainer that hardens its own model with moth.
+//
+// The trainer owns everything moth does not: a torch::nn CNN for 1x28x28
+// Fashion-MNIST images, its SGD optimiser, data loading and the training
+// loop. Each step it asks the moth session to harden the batch (through a
+// forward callback wrapping its module, so gradients flow from the logits
+// back to the input), trains on the stamped batch, reports clean accuracy
+// when the session asks (restoring the last good weights if the drop is too
+// large), and halfway checkpoints session + model + optimiser and resumes
+// from the files. On a CUDA machine it runs on a non-default CUDA stream of
+// its own: moth calls libtorch on this thread, so moth's kernels follow the
+// stream made current by the CUDAStreamGuard.
+//
+// Build: see examples/README.md (pkg-config moth, or CMake).
+// Run:   ./trainer [--data DIR] [--train N] [--test N] [--pretrain-epochs E]
+//                  [--steps S] [--batch B] [--checkpoint PREFIX] [--cpu]
+#include <torch/torch.h>
+
+#include <zlib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifdef MOTH_EXAMPLE_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "moth.hpp"
+
+namespace {
+
+constexpr int64_t kSide = 28;
+constexpr int64_t kClasses = 10;
+
+// A small CNN; inputs are pixels in [0, 1], normalised inside the model
+// (moth stamps triggers in pixel space).
+struct NetImpl : torch::nn::Module {
+    NetImpl()
+        : conv1(register_module("conv1", torch::nn::Conv2d(
+                                             torch::nn::Conv2dOptions(1, 16, 3).padding(1)))),
+          conv2(register_module("conv2", torch::nn::Conv2d(
+                                             torch::nn::Conv2dOptions(16, 32, 3).padding(1)))),
+          fc1(register_module("fc1", torch::nn::Linear(32 * 7 * 7, 64))),
+          fc2(register_module("fc2", torch::nn::Linear(64, kClasses))) {}
+
+    torch::Tensor forward(torch::Tensor x) {
+        x = (x - 0.2860) / 0.3530;
+        x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);
+        x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);
+        x = torch::relu(fc1->forward(x.flatten(1)));
+        return fc2->forward(x);
+    }
+
+    torch::nn::Conv2d conv1, conv2;
+    torch::nn::Linear fc1, fc2;
+};
+TORCH_MODULE(Net);
+
+struct Data {
+    torch::Tensor images; // [n, 1, 28, 28] float in [0, 1]
+    torch::Tensor labels; // [n] int64
+};
+
+uint32_t be32(const unsigned char *b) {
+    return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | b[3];
+}
+
+std::vector<unsigned char> read_gz(const std::string &path, size_t header, size_t bytes,
+                                   uint32_t magic) {
+    gzFile f = gzopen(path.c_str(), "rb");
+    if (!f) throw std::runtime_error("cannot open " + path);
+    std::vector<unsigned char> h(header), out(bytes);
+    bool ok = gzread(f, h.data(), unsigned(header)) == int(header) && be32(h.data()) == magic &&
+              gzread(f, out.data(), unsigned(bytes)) == int(bytes);
+    gzclose(f);
+    if (!ok) throw std::runtime_error(path + ": not the expected IDX file");
+    return out;
+}
+
+// The first `n` samples of a Fashion-MNIST split ("train" or "t10k").
+Data load(const std::string &dir, const std::string &split, int64_t n) {
+    auto px = read_gz(dir + "/" + split + "-images-idx3-ubyte.gz", 16, size_t(n) * 784, 2051);
+    auto lb = read_gz(dir + "/" + split + "-labels-idx1-ubyte.gz", 8, size_t(n), 2049);
+    auto images = torch::from_blob(px.data(), {n, 1, kSide, kSide}, torch::kUInt8)
+                      .to(torch::kFloat32)
+                      .div_(255.0);
+    auto labels = torch::from_blob(lb.data(), {n}, torch::kUInt8).to(torch::kInt64);
+    return {images, labels};
+}
+
+double accuracy(Net &net, const Data &d, torch::Device device) {
+    torch::NoGradGuard no_grad;
+    net->eval();
+    auto pred = net->forward(d.images.to(device)).argmax(1);
+    return pred.eq(d.labels.to(device)).to(torch::kFloat64).mean().item<double>();
+}
+
+std::vector<torch::Tensor> snapshot(Net &net) {
+    std::vector<torch::Tensor> s;
+    for (auto &p : net->parameters()) s.push_back(p.detach().clone());
+    for (auto &b : net->buffers()) s.push_back(b.detach().clone());
+    return s;
+}
+
+void restore(Net &net, const std::vector<torch::Tensor> &s) {
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (auto &p : net->parameters()) p.copy_(s[i++]);
+    for (auto &b : net->buffers()) b.copy_(s[i++]);
+}
+
+const char *phase_name(moth_phase_kind k) {
+    switch (k) {
+    case MOTH_PHASE_KIND_WARMUP: return "warmup";
+    case MOTH_PHASE_KIND_ORTHOGONALIZE: return "orthogonalize";
+    case MOTH_PHASE_KIND_UNIVERSAL: return "universal";
+    case MOTH_PHASE_KIND_DONE: return "done";
+    }
+    return "?";
+}
+
+} // namespace
+
+int main(int argc, char **argv) try {
+    std::string dir = "/usr/share/datasets/fashion-mnist", prefix = "trainer-ckpt";
+    int64_t n_train = 2000, n_test = 500, batch = 64, pretrain_epochs = 2, steps = 16;
+    bool force_cpu = false;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) throw std::runtime_error("missing value after " + a);
+            return argv[++i];
+        };
+        if (a == "--data") dir = next();
+        else if (a == "--train") n_train = std::stoll(next());
+        else if (a == "--test") n_test = std::stoll(next());
+        else if (a == "--batch") batch = std::stoll(next());
+        else if (a == "--pretrain-epochs") pretrain_epochs = std::stoll(next());
+        else if (a == "--steps") steps = std::stoll(next());
+        else if (a == "--checkpoint") prefix = next();
+        else if (a == "--cpu") force_cpu = true;
+        else throw std::runtime_error("unknown argument " + a);
+    }
+
+    moth::check_abi();
+    std::cout << "moth " << moth::version() << ", libtorch " << TORCH_VERSION << "\n";
+    torch::manual_seed(0);
+
+    torch::Device device(torch::kCPU);
+    moth_device mdev = moth::cpu();
+#ifdef MOTH_EXAMPLE_CUDA
+    // Lives until main returns: every kernel below, ours and moth's (moth
+    // runs libtorch on this thread), is queued on the stream it makes current.
+    c10::cuda::OptionalCUDAStreamGuard stream_guard;
+    if (!force_cpu && torch::cuda::is_available()) {
+        device = torch::Device(torch::kCUDA, 0);
+        mdev = moth::cuda(0);
+        c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, 0);
+        stream_guard.reset_stream(stream);
+        std::cout << "CUDA: running on non-default stream " << stream << " (default "
+                  << c10::cuda::getDefaultCUDAStream(0) << ")\n";
+    }
+#else
+    (void)force_cpu;
+#endif
+    std::cout << "device " << device << "\n";
+
+    Data train = load(dir, "train", n_train), test = load(dir, "t10k", n_test);
+    Net net;
+    net->to(device);
+
+    // Plain pre-training so that the model has something to harden.
+    {
+        torch::optim::Adam pre(net->parameters(), torch::optim::AdamOptions(1e-3));
+        for (int64_t e = 0; e < pretrain_epochs; e++) {
+            net->train();
+            auto perm = torch::randperm(n_train);
+            for (int64_t s = 0; s + batch <= n_train; s += batch) {
+                auto idx = perm.narrow(0, s, batch);
+                auto x = train.images.index_select(0, idx).to(device);
+                auto y = train.labels.index_select(0, idx).to(device);
+                pre.zero_grad();
+                torch::nn::functional::cross_entropy(net->forward(x), y).backward();
+                pre.step();
+            }
+            std::cout << "pretrain epoch " << e << ": test accuracy " << accuracy(net, test, device)
+                      << "\n";
+        }
+    }
+
+    // moth sees the model through a forward callback: our module, unchanged.
+    auto classifier = moth::Classifier::from_forward(
+        [&net](const at::Tensor &x) { return net->forward(x); },
+        [&net](bool train) { net->train(train); }, mdev);
+
+    moth::Config config(R"({"seed": 7, "accuracy_every": 4, "period": 2, "portion": 0.5,
+        "warmup": {"budget": {"steps": 6}, "pool_per_class": 4},
+        "first": {"steps": 6}, "later": {"steps": 3}, "max_accuracy_drop": 0.05})");
+    config.set("max_steps", steps);
+    auto session = std::make_unique<moth::Session>(config, kClasses, 1, kSide, kSide);
+    session->set_log([](moth_log_level level, const char *m) {
+        if (level <= MOTH_LOG_LEVEL_WARN) std::cerr << "[moth] " << m << "\n";
+    });
+
+    torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+    auto good = snapshot(net);
+    auto perm = torch::randperm(n_train);
+    int64_t offset = 0;
+    bool resumed = false;
+    auto t0 = std::chrono::steady_clock::now();
+
+    while (true) {
+        if (session->wants_accuracy()) {
+            double acc = accuracy(net, test, device);
+            auto [verdict, drop] = session->report_accuracy(acc);
+            std::cout << "accuracy " << acc << " verdict " << verdict << " drop " << drop << "\n";
+            if (verdict == MOTH_VERDICT_EXCEEDED) {
+                restore(net, good); // back to the last model within the bound
+                std::cout << "accuracy bound exceeded: restored the last good model\n";
+            } else {
+                good = snapshot(net);
+            }
+        }
+        if (offset + batch > n_train) {
+            perm = torch::randperm(n_train);
+            offset = 0;
+        }
+        auto idx = perm.narrow(0, offset, batch);
+        offset += batch;
+        auto x = train.images.index_select(0, idx).to(device);
+        auto y = train.labels.index_select(0, idx).to(device);
+
+        auto stamped = session->harden(classifier, moth::Tensor(x), moth::Tensor(y));
+        if (!stamped) {
+            if (session->is_done()) break;
+            continue; // an accuracy report is due: handled at the loop's top
+        }
+        auto xs = stamped->to_at();
+
+        net->train();
+        opt.zero_grad();
+        auto loss = torch::nn::functional::cross_entropy(net->forward(xs), y);
+        loss.backward();
+        opt.step();
+
+        auto r = session->last_report();
+        std::cout << "step " << r.step << " " << phase_name(r.phase.kind);
+        if (r.phase.kind == MOTH_PHASE_KIND_ORTHOGONALIZE)
+            std::cout << " pair " << r.phase.source << "<->" << r.phase.target;
+        else
+            std::cout << " target " << r.phase.target;
+        for (size_t d = 0; d < r.num_directions; d++)
+            std::cout << " | " << r.directions[d].victim << "->" << r.directions[d].target
+                      << " size " << r.directions[d].size
+                      << (r.directions[d].reached ? " reached" : " failed") << " stamped "
+                      << r.directions[d].stamped;
+        std::cout << " | loss " << loss.item<double>() << "\n";
+
+        // Halfway: checkpoint session, model and optimiser at the same step,
+        // then resume from the files as a restarted process would.
+        if (!resumed && int64_t(r.step) + 1 == steps / 2) {
+            session->save(prefix + ".session");
+            torch::save(net, prefix + ".model.pt");
+            torch::save(opt, prefix + ".optim.pt");
+            uint64_t at = session->step();
+            session.reset();
+            session = std::make_unique<moth::Session>(
+                moth::Session::load(prefix + ".session", kClasses, 1, kSide, kSide));
+            torch::load(net, prefix + ".model.pt");
+            torch::load(opt, prefix + ".optim.pt");
+            net->to(device);
+            std::cout << "checkpoint: saved at step " << at << ", resumed at step "
+                      << session->step() << "\n";
+            resumed = true;
+        }
+    }
+
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto count = session->matrix(MOTH_MATRIX_COUNT);
+    double pairs = 0;
+    for (double c : count) pairs += c;
+    std::cout << "session done at step " << session->step() << " (" << secs << " s), "
+              << pairs / 2 << " pairs chosen, final test accuracy "
+              << accuracy(net, test, device) << "\n";
+    std::cout << "ok\n";
+    return 0;
+} catch (const moth::Error &e) {
+    std::cerr << "moth error: " << e.what() << "\n";
+    return 1;
+} catch (const std::exception &e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+}

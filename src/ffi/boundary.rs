@@ -1,0 +1,375 @@
+//! The boundary every exported function body runs inside: it catches panics
+//! (a panic escaping `extern "C"` aborts the caller's process), turns errors
+//! into a status plus a stored message, and helpers for the pointer
+//! arguments (NULL checks, out-parameter zeroing, UTF-8).
+//!
+//! The per-object lock [`Guarded`] lives here too: it serialises concurrent
+//! calls, reports a re-entrant call from a callback as `Busy` instead of
+//! deadlocking, and poisons its object when a panic unwinds through a call
+//! that held it.
+
+use std::any::Any;
+use std::ffi::{c_char, CStr};
+use std::ops::{Deref, DerefMut};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::session::moth_session;
+use super::status::{moth_status, set_thread_error, FfiError, FfiResult};
+
+/// Runs the body of an exported function inside the boundary. Forms:
+///
+/// - `ffi_boundary!("name", { body })`: the body returns `FfiResult<()>`,
+///   the function returns `moth_status`;
+/// - `ffi_boundary!("name", session = s, { body })`: same, and failures are
+///   also recorded on the session `s` (a `*const moth_session`, may be NULL);
+/// - `ffi_boundary!("name", quiet, { body })`: same, but a failure is not
+///   recorded anywhere (the last-error getters must not overwrite the
+///   message they return);
+/// - `ffi_boundary!("name", value = fallback, { body })`: the body returns
+///   `FfiResult<T>` and the function returns `T`, or `fallback` on failure
+///   (for the few functions that return a value, not a status);
+/// - `ffi_boundary!("name", void, { body })`: the body returns `FfiResult<()>`
+///   and the function returns nothing (the `_free` functions).
+///
+/// A test (`tests/c_abi.rs`) checks that every `extern "C"` function's body
+/// is exactly one invocation of this macro.
+macro_rules! ffi_boundary {
+    ($name:literal, session = $s:expr, $body:block) => {
+        $crate::ffi::boundary::run_status(
+            $name,
+            $s as *const $crate::ffi::session::moth_session,
+            false,
+            || -> $crate::ffi::status::FfiResult<()> { $body },
+        )
+    };
+    ($name:literal, quiet, $body:block) => {
+        $crate::ffi::boundary::run_status(
+            $name,
+            ::std::ptr::null(),
+            true,
+            || -> $crate::ffi::status::FfiResult<()> { $body },
+        )
+    };
+    ($name:literal, value = $fallback:expr, $body:block) => {
+        $crate::ffi::boundary::run_value($name, $fallback, || $body)
+    };
+    ($name:literal, void, $body:block) => {
+        $crate::ffi::boundary::run_value($name, (), || -> $crate::ffi::status::FfiResult<()> {
+            $body
+        })
+    };
+    ($name:literal, $body:block) => {
+        $crate::ffi::boundary::run_status(
+            $name,
+            ::std::ptr::null(),
+            false,
+            || -> $crate::ffi::status::FfiResult<()> { $body },
+        )
+    };
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Runs `f`, catching panics; returns its status and records failures (on
+/// this thread and, when `session` is not NULL, on the session).
+pub(crate) fn run_status<F>(
+    name: &'static str,
+    session: *const moth_session,
+    quiet: bool,
+    f: F,
+) -> moth_status
+where
+    F: FnOnce() -> FfiResult<()>,
+{
+    let err = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return moth_status::Ok,
+        Ok(Err(e)) => e,
+        Err(payload) => {
+            // SAFETY: `session` is NULL or the live handle the caller passed
+            // to this very call.
+            let poisoned = !session.is_null() && unsafe { (*session).is_poisoned() };
+            FfiError::new(
+                moth_status::Panic,
+                format!(
+                    "internal error (panic) in {name}: {}{}",
+                    panic_message(payload.as_ref()),
+                    if poisoned {
+                        "; the session is poisoned and must be freed"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
+    };
+    if !quiet {
+        let message = format!("{name}: {}", err.message);
+        set_thread_error(&message);
+        if !session.is_null() {
+            // Recording must not panic out of the boundary either.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: as above.
+                unsafe { (*session).record_error(err.status, &message) }
+            }));
+        }
+    }
+    err.status
+}
+
+/// Runs `f`, catching panics; returns its value, or `fallback` (after
+/// recording the message on this thread) when it fails.
+pub(crate) fn run_value<T, F>(name: &'static str, fallback: T, f: F) -> T
+where
+    F: FnOnce() -> FfiResult<T>,
+{
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_thread_error(&format!("{name}: {}", e.message));
+            fallback
+        }
+        Err(payload) => {
+            set_thread_error(&format!(
+                "{name}: internal error (panic): {}",
+                panic_message(payload.as_ref())
+            ));
+            fallback
+        }
+    }
+}
+
+/// Types whose all-zero bit pattern is a valid value, so an out-parameter
+/// of that type can be zeroed on entry.
+///
+/// # Safety
+/// Implement only for types for which all-zero bytes are a valid value.
+pub(crate) unsafe trait Zeroable {}
+
+// SAFETY: all-zero is a valid value of each of these.
+unsafe impl Zeroable for usize {}
+// SAFETY: as above.
+unsafe impl Zeroable for u64 {}
+// SAFETY: as above.
+unsafe impl Zeroable for i64 {}
+// SAFETY: as above.
+unsafe impl Zeroable for i32 {}
+// SAFETY: as above.
+unsafe impl Zeroable for f64 {}
+// SAFETY: false.
+unsafe impl Zeroable for bool {}
+// SAFETY: NULL.
+unsafe impl<T> Zeroable for *mut T {}
+// SAFETY: NULL.
+unsafe impl<T> Zeroable for *const T {}
+
+/// Zeroes an out-parameter when it is not NULL.
+pub(crate) fn init_out<T: Zeroable>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: `p` is non-NULL and, by the C contract, points to a
+        // writable `T`; all-zero is a valid `T` (Zeroable).
+        unsafe { std::ptr::write_bytes(p, 0, 1) };
+    }
+}
+
+/// The out-parameter `p` as a reference, or `NullPointer` naming `name`.
+pub(crate) fn out<'a, T>(p: *mut T, name: &str) -> FfiResult<&'a mut T> {
+    // SAFETY: non-NULL pointers from C point to a writable, aligned `T`
+    // for the duration of the call (C contract).
+    unsafe { p.as_mut() }.ok_or_else(|| FfiError::null(name))
+}
+
+/// The input pointer `p` as a reference, or `NullPointer` naming `name`.
+pub(crate) fn arg<'a, T>(p: *const T, name: &str) -> FfiResult<&'a T> {
+    // SAFETY: non-NULL pointers from C point to a valid `T` for the
+    // duration of the call (C contract).
+    unsafe { p.as_ref() }.ok_or_else(|| FfiError::null(name))
+}
+
+/// A NUL-terminated C string as UTF-8, or `NullPointer` / `InvalidUtf8`.
+pub(crate) fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        return Err(FfiError::null(name));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the C contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map_err(|e| {
+        FfiError::new(
+            moth_status::InvalidUtf8,
+            format!("argument '{name}' is not valid UTF-8: {e}"),
+        )
+    })
+}
+
+/// Moves a value to the heap and hands ownership to C.
+pub(crate) fn into_handle<T>(value: T) -> *mut T {
+    Box::into_raw(Box::new(value))
+}
+
+/// Takes back ownership of a handle made by [`into_handle`]; NULL gives None.
+///
+/// # Safety
+/// `p` must be NULL or a pointer from [`into_handle`] not yet freed.
+pub(crate) unsafe fn from_handle<T>(p: *mut T) -> Option<Box<T>> {
+    if p.is_null() {
+        None
+    } else {
+        // SAFETY: the caller contract above.
+        Some(unsafe { Box::from_raw(p) })
+    }
+}
+
+static NEXT_THREAD_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static THREAD_TOKEN: u64 = NEXT_THREAD_TOKEN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn thread_token() -> u64 {
+    THREAD_TOKEN.with(|t| *t)
+}
+
+/// A value behind a per-object mutex that knows which thread holds it and
+/// whether a panic happened while it was held.
+pub(crate) struct Guarded<T> {
+    what: &'static str,
+    data: Mutex<T>,
+    owner: AtomicU64,
+    poisoned: AtomicBool,
+}
+
+impl<T> Guarded<T> {
+    /// Wraps `value`; `what` names the object in messages ("session").
+    pub fn new(what: &'static str, value: T) -> Self {
+        Guarded {
+            what,
+            data: Mutex::new(value),
+            owner: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a panic happened while the value was held.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    fn poisoned_error(&self) -> FfiError {
+        FfiError::new(
+            moth_status::Poisoned,
+            format!(
+                "this {} was poisoned by an earlier internal error (panic); free it",
+                self.what
+            ),
+        )
+    }
+
+    /// Locks the value: waits while another thread uses it, fails with
+    /// `Busy` when this thread already holds it (a callback re-entering),
+    /// and with `Poisoned` after a panic.
+    pub fn lock(&self) -> FfiResult<GuardRef<'_, T>> {
+        if self.is_poisoned() {
+            return Err(self.poisoned_error());
+        }
+        let me = thread_token();
+        let guard = match self.data.try_lock() {
+            Some(g) => g,
+            None if self.owner.load(Ordering::Acquire) == me => {
+                return Err(FfiError::new(
+                    moth_status::Busy,
+                    format!(
+                        "this {} is in use by a call further up this thread's stack \
+                         (a callback may not call back into the object that invoked it)",
+                        self.what
+                    ),
+                ))
+            }
+            None => self.data.lock(),
+        };
+        if self.is_poisoned() {
+            return Err(self.poisoned_error());
+        }
+        self.owner.store(me, Ordering::Release);
+        Ok(GuardRef {
+            guard,
+            owner: &self.owner,
+            poisoned: &self.poisoned,
+        })
+    }
+}
+
+/// A held [`Guarded`] value. Dropping it during a panic poisons the object.
+pub(crate) struct GuardRef<'a, T> {
+    guard: MutexGuard<'a, T>,
+    owner: &'a AtomicU64,
+    poisoned: &'a AtomicBool,
+}
+
+impl<T> Drop for GuardRef<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        self.owner.store(0, Ordering::Release);
+    }
+}
+
+impl<T> Deref for GuardRef<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for GuardRef<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_status_and_message() {
+        let st = run_status("test_fn", std::ptr::null(), false, || panic!("boom"));
+        assert_eq!(st, moth_status::Panic);
+        let mut needed = 0usize;
+        let mut buf = vec![0 as c_char; 256];
+        let st2 = super::super::status::thread_error_into(buf.as_mut_ptr(), buf.len(), &mut needed);
+        assert!(st2.is_ok());
+        // SAFETY: written NUL-terminated above.
+        let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
+        assert!(msg.contains("test_fn") && msg.contains("boom"), "{msg}");
+        assert_eq!(run_value("v", 7, || -> FfiResult<i32> { panic!("x") }), 7);
+    }
+
+    #[test]
+    fn guard_poisons_on_panic_and_reports_reentry() {
+        let g = Guarded::new("thing", 5);
+        {
+            let _held = g.lock().unwrap();
+            assert_eq!(g.lock().err().unwrap().status, moth_status::Busy);
+        }
+        assert!(g.lock().is_ok());
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let _held = g.lock().unwrap();
+            panic!("inside");
+        }));
+        assert!(r.is_err());
+        assert!(g.is_poisoned());
+        assert_eq!(g.lock().err().unwrap().status, moth_status::Poisoned);
+    }
+}

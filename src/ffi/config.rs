@@ -1,0 +1,237 @@
+//! `moth_config`: a session configuration built from defaults plus typed
+//! setters or JSON, so that new options never change the ABI. The JSON
+//! form is exactly `SessionConfig`'s serde form (see `moth_config_to_json`).
+
+use std::ffi::c_char;
+
+use serde_json::{Map, Value};
+
+use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out};
+use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
+use crate::session::SessionConfig;
+
+/// A session configuration (opaque). Create with `moth_config_new`, free
+/// with `moth_config_free`. Not thread-safe: do not use one config from
+/// two threads at once. A session copies it, so it may be freed or changed
+/// once `moth_session_new` returned.
+pub struct moth_config {
+    pub(crate) config: SessionConfig,
+}
+
+/// Merges the JSON object `patch` into `base`, recursively: objects are
+/// merged key by key, anything else replaces.
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn config_error(message: String) -> FfiError {
+    FfiError::new(moth_status::InvalidConfig, message)
+}
+
+impl moth_config {
+    /// Applies a JSON object patch; the config is unchanged on error.
+    fn apply(&mut self, patch: Value) -> FfiResult<()> {
+        if !patch.is_object() {
+            return Err(config_error(
+                "configuration JSON must be an object".to_string(),
+            ));
+        }
+        let mut current = serde_json::to_value(&self.config)
+            .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
+        merge(&mut current, patch);
+        let next: SessionConfig = serde_json::from_value(current)
+            .map_err(|e| config_error(format!("invalid configuration: {e}")))?;
+        next.validate()?;
+        self.config = next;
+        Ok(())
+    }
+
+    /// Sets one dotted key (`"warmup.budget.steps"`) to `value`.
+    fn set_key(&mut self, key: &str, value: Value) -> FfiResult<()> {
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            return Err(config_error(format!("invalid key '{key}'")));
+        }
+        // Refuse keys that do not exist yet, so that a typo never turns a
+        // scalar setter into a whole-object replacement.
+        let current = serde_json::to_value(&self.config)
+            .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
+        let mut node = &current;
+        for part in key.split('.') {
+            node = node
+                .get(part)
+                .ok_or_else(|| config_error(format!("unknown configuration key '{key}'")))?;
+        }
+        if node.is_object() {
+            return Err(config_error(format!(
+                "'{key}' is a group of settings; set its fields one by one or use moth_config_set_json"
+            )));
+        }
+        let mut patch = value;
+        for part in key.rsplit('.') {
+            let mut m = Map::new();
+            m.insert(part.to_string(), patch);
+            patch = Value::Object(m);
+        }
+        self.apply(patch)
+            .map_err(|e| FfiError::new(e.status, format!("{key}: {}", e.message)))
+    }
+}
+
+/// Creates a configuration holding the reference defaults.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_new(out_config: *mut *mut moth_config) -> moth_status {
+    ffi_boundary!("moth_config_new", {
+        init_out(out_config);
+        let o = out(out_config, "out_config")?;
+        *o = into_handle(moth_config {
+            config: SessionConfig::default(),
+        });
+        Ok(())
+    })
+}
+
+/// Frees a configuration. `moth_config_free(NULL)` does nothing.
+#[no_mangle]
+pub unsafe extern "C" fn moth_config_free(config: *mut moth_config) {
+    ffi_boundary!("moth_config_free", void, {
+        // SAFETY: NULL or a handle from moth_config_new (C contract).
+        drop(unsafe { from_handle(config) });
+        Ok(())
+    })
+}
+
+/// Merges a JSON object into the configuration: keys present replace the
+/// current values, nested objects are merged key by key, absent keys keep
+/// their values. Unknown keys, wrong types and out-of-range values are
+/// refused with `MOTH_STATUS_INVALID_CONFIG` and leave the configuration
+/// unchanged. Example: `{"seed": 3, "warmup": {"budget": {"steps": 50}}}`.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_json(
+    config: *mut moth_config,
+    json: *const c_char,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_json", {
+        let cfg = out(config, "config")?;
+        let text = c_str(json, "json")?;
+        let patch: Value =
+            serde_json::from_str(text).map_err(|e| config_error(format!("invalid JSON: {e}")))?;
+        cfg.apply(patch)
+    })
+}
+
+/// Sets an integer setting by its dotted key, e.g. `"seed"`,
+/// `"max_steps"`, `"warmup.budget.steps"`. Refuses unknown keys, groups and
+/// values of the wrong type (`MOTH_STATUS_INVALID_CONFIG`).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_int(
+    config: *mut moth_config,
+    key: *const c_char,
+    value: i64,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_int", {
+        let cfg = out(config, "config")?;
+        let key = c_str(key, "key")?;
+        cfg.set_key(key, Value::from(value))
+    })
+}
+
+/// Sets an unsigned integer setting by its dotted key (for the full range
+/// of `"seed"`).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_uint(
+    config: *mut moth_config,
+    key: *const c_char,
+    value: u64,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_uint", {
+        let cfg = out(config, "config")?;
+        let key = c_str(key, "key")?;
+        cfg.set_key(key, Value::from(value))
+    })
+}
+
+/// Sets a floating-point setting by its dotted key, e.g. `"portion"`,
+/// `"inversion.lr"`.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_double(
+    config: *mut moth_config,
+    key: *const c_char,
+    value: f64,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_double", {
+        let cfg = out(config, "config")?;
+        let key = c_str(key, "key")?;
+        let v = serde_json::Number::from_f64(value)
+            .map(Value::Number)
+            .ok_or_else(|| config_error(format!("{key}: {value} is not a finite number")))?;
+        cfg.set_key(key, v)
+    })
+}
+
+/// Sets a string setting by its dotted key, e.g. `"method"` (`"Moth"`,
+/// `"Universal"`, `"Pairwise"`, `"Asymmetric"`) or `"bounds.mode"`
+/// (`"Fixed"`, `"Growing"`), spelled as `moth_config_to_json` prints them.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_string(
+    config: *mut moth_config,
+    key: *const c_char,
+    value: *const c_char,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_string", {
+        let cfg = out(config, "config")?;
+        let key = c_str(key, "key")?;
+        let value = c_str(value, "value")?;
+        cfg.set_key(key, Value::from(value))
+    })
+}
+
+/// Writes the complete configuration (every setting, defaults included) as
+/// a JSON object into `buf`. `*needed` receives the size required including
+/// the NUL in every case; pass `buf = NULL, len = 0` to query it. Returns
+/// `MOTH_STATUS_BUFFER_TOO_SMALL` when `len < *needed` (nothing written).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_to_json(
+    config: *const moth_config,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> moth_status {
+    ffi_boundary!("moth_config_to_json", {
+        init_out(needed);
+        let cfg = arg(config, "config")?;
+        write_json(&cfg.config, buf, len, needed)
+    })
+}
+
+/// Writes a configuration as JSON into a caller buffer.
+pub(crate) fn write_json(
+    config: &SessionConfig,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> FfiResult<()> {
+    let text = serde_json::to_string(config)
+        .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
+    let c = c_message(&text);
+    // SAFETY: forwarded C contract of the buffer arguments.
+    unsafe { write_c_string(c.as_bytes_with_nul(), buf, len, needed) }
+}

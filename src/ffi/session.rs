@@ -1,0 +1,976 @@
+//! `moth_session`: the hardening session (`crate::session::Session`) behind a
+//! per-session mutex, with its last error, last step report and log callback.
+//! Each function mirrors one method of the Rust API.
+
+use std::ffi::{c_char, c_void};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out, Guarded, Zeroable};
+use super::classifier::{clear_callback_failure, moth_classifier, take_callback_failure};
+use super::config::{moth_config, write_json};
+use super::log::{moth_free_fn, moth_log_fn, moth_log_level, LogSink};
+use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
+use super::tensor::moth_tensor;
+use crate::device::cuda_device_count;
+use crate::session::{
+    AccuracyVerdict, DirectionReport, DoneReason, Phase, Session, SessionSpec, StepReport,
+};
+
+/// What the session's next step does (`moth_phase.kind`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum moth_phase_kind {
+    /// Warm-up: the universal trigger of `target` is generated next.
+    Warmup = 0,
+    /// Orthogonalisation of the pair `source`/`target`, step
+    /// `step_in_period` of its period.
+    Orthogonalize = 1,
+    /// Universal baseline method: the universal trigger of `target`.
+    Universal = 2,
+    /// Finished (`done_reason` says why); no further hardening.
+    Done = 3,
+}
+
+/// Why a session finished.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum moth_done_reason {
+    /// Not finished.
+    None = 0,
+    /// The configured number of steps (`max_steps`) was reached.
+    StepBudget = 1,
+    /// Clean accuracy fell more than `max_accuracy_drop` below the baseline.
+    AccuracyBound = 2,
+}
+
+/// A session phase.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct moth_phase {
+    /// Which phase.
+    pub kind: moth_phase_kind,
+    /// Target class (warm-up, universal, orthogonalise); 0 when done.
+    pub target: usize,
+    /// Source class of the pair (orthogonalise only; 0 otherwise).
+    pub source: usize,
+    /// 0-based step within the pair's period (orthogonalise only).
+    pub step_in_period: usize,
+    /// Why the session finished (`MOTH_DONE_REASON_NONE` unless done).
+    pub done_reason: moth_done_reason,
+}
+
+// SAFETY: integers and enums whose 0 value is a variant.
+unsafe impl Zeroable for moth_phase {}
+
+/// What one generated trigger did in a step.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct moth_direction {
+    /// Victim class whose samples were stamped, or -1 for a universal
+    /// trigger (its victims are all other classes).
+    pub victim: i64,
+    /// Target class the trigger flips victims to.
+    pub target: usize,
+    /// Trigger size (`C * sum(mask)`; 0 when the inversion failed).
+    pub size: f64,
+    /// Whether the inversion reached its attack-success bound.
+    pub reached: bool,
+    /// The stamping bound the size was compared with.
+    pub bound: f64,
+    /// Samples stamped with it.
+    pub stamped: usize,
+}
+
+/// Maximum number of directions one step reports.
+pub const MOTH_MAX_DIRECTIONS: usize = 2;
+
+/// The report of the last `moth_session_harden_batch` call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct moth_step_report {
+    /// 0-based index of the step.
+    pub step: u64,
+    /// The phase the step ran in.
+    pub phase: moth_phase,
+    /// Valid entries of `directions` (0 when the batch held too few samples
+    /// of the pair to harden, 1 for warm-up/universal/asymmetric, 2 for a
+    /// two-sided step).
+    pub num_directions: usize,
+    /// Per generated trigger.
+    pub directions: [moth_direction; MOTH_MAX_DIRECTIONS],
+    /// Inversion steps (passes over the inversion set) used.
+    pub inversion_steps: usize,
+    /// Wall time of the call, seconds.
+    pub seconds: f64,
+}
+
+// SAFETY: integers, floats, bools and enums whose 0 value is a variant.
+unsafe impl Zeroable for moth_step_report {}
+
+/// The answer to an accuracy report.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum moth_verdict {
+    /// No verdict (the out-parameter's value when the call failed).
+    None = 0,
+    /// The first report, recorded as the baseline.
+    Baseline = 1,
+    /// Within the bound: keep this model as the latest good one.
+    WithinBound = 2,
+    /// Beyond the bound: the session is done; return to the last model
+    /// that was within the bound.
+    Exceeded = 3,
+}
+
+// SAFETY: 0 is moth_verdict::None.
+unsafe impl Zeroable for moth_verdict {}
+
+/// Which scheduler matrix `moth_session_matrix` copies: one of the
+/// `MOTH_MATRIX_*` values.
+pub type moth_matrix_kind = i32;
+/// Prior scores from the warm-up (`univ[i][t]`).
+pub const MOTH_MATRIX_UNIV: moth_matrix_kind = 0;
+/// Latest period-averaged trigger size per direction.
+pub const MOTH_MATRIX_SIZE: moth_matrix_kind = 1;
+/// Post-selection score (smoothed relative change of the size).
+pub const MOTH_MATRIX_DIFF: moth_matrix_kind = 2;
+/// How often each pair was chosen (symmetric).
+pub const MOTH_MATRIX_COUNT: moth_matrix_kind = 3;
+
+/// Accuracy bookkeeping of a session.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct moth_accuracy {
+    /// Whether a baseline was reported.
+    pub has_baseline: bool,
+    /// The first reported accuracy.
+    pub baseline: f64,
+    /// Whether any accuracy was reported.
+    pub has_last: bool,
+    /// The latest reported accuracy.
+    pub last: f64,
+    /// A report is due before the next step.
+    pub pending: bool,
+}
+
+// SAFETY: bools and floats.
+unsafe impl Zeroable for moth_accuracy {}
+
+/// The model a session was made for.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct moth_spec {
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Channels of one input.
+    pub c: i64,
+    /// Height of one input.
+    pub h: i64,
+    /// Width of one input.
+    pub w: i64,
+}
+
+// SAFETY: integers.
+unsafe impl Zeroable for moth_spec {}
+
+/// The mutable part of a session handle, behind its mutex.
+pub(crate) struct SessionState {
+    pub(crate) session: Session,
+    last_report: Option<StepReport>,
+}
+
+/// A hardening session (opaque). Create with `moth_session_new` or
+/// `moth_session_load`, free with `moth_session_free`. Thread safety: a
+/// session may be used from any thread; concurrent calls on one session are
+/// serialised by its mutex (a call waits for the one in progress). A call
+/// from inside a callback that the same session invoked returns
+/// `MOTH_STATUS_BUSY`. Its last error is kept on the handle, so it survives
+/// a runtime moving the caller between threads.
+pub struct moth_session {
+    state: Guarded<SessionState>,
+    last_error: Mutex<std::ffi::CString>,
+    log: Mutex<Option<Arc<LogSink>>>,
+}
+
+impl moth_session {
+    fn new(session: Session) -> Self {
+        moth_session {
+            state: Guarded::new(
+                "session",
+                SessionState {
+                    session,
+                    last_report: None,
+                },
+            ),
+            last_error: Mutex::new(Default::default()),
+            log: Mutex::new(None),
+        }
+    }
+
+    /// Whether a panic poisoned the session.
+    pub fn is_poisoned(&self) -> bool {
+        self.state.is_poisoned()
+    }
+
+    /// Stores a failed call's message and sends it to the log callback.
+    pub fn record_error(&self, status: moth_status, message: &str) {
+        *self.last_error.lock() = c_message(message);
+        let level = if (status as i32) < 0 {
+            moth_log_level::Error
+        } else {
+            moth_log_level::Info
+        };
+        self.log(level, message);
+    }
+
+    /// Sends a message to the log callback, if one is set. The callback runs
+    /// without the log mutex held, so it may replace the callback.
+    pub fn log(&self, level: moth_log_level, message: &str) {
+        self.log_with(level, || message.to_string());
+    }
+
+    /// Like [`moth_session::log`], building the message only when a
+    /// callback is set.
+    fn log_with(&self, level: moth_log_level, message: impl FnOnce() -> String) {
+        let sink = self.log.lock().clone();
+        if let Some(sink) = sink {
+            sink.emit(level, &message());
+        }
+    }
+}
+
+fn phase_to_c(p: Phase) -> moth_phase {
+    let mut c = moth_phase {
+        kind: moth_phase_kind::Warmup,
+        target: 0,
+        source: 0,
+        step_in_period: 0,
+        done_reason: moth_done_reason::None,
+    };
+    match p {
+        Phase::Warmup { target } => c.target = target,
+        Phase::Orthogonalize {
+            pair,
+            step_in_period,
+        } => {
+            c.kind = moth_phase_kind::Orthogonalize;
+            c.source = pair.source;
+            c.target = pair.target;
+            c.step_in_period = step_in_period;
+        }
+        Phase::Universal { target } => {
+            c.kind = moth_phase_kind::Universal;
+            c.target = target;
+        }
+        Phase::Done { reason } => {
+            c.kind = moth_phase_kind::Done;
+            c.done_reason = match reason {
+                DoneReason::StepBudget => moth_done_reason::StepBudget,
+                DoneReason::AccuracyBound => moth_done_reason::AccuracyBound,
+            };
+        }
+    }
+    c
+}
+
+fn direction_to_c(d: &DirectionReport) -> moth_direction {
+    moth_direction {
+        victim: d.victim.map_or(-1, |v| v as i64),
+        target: d.target,
+        size: d.size,
+        reached: d.reached,
+        bound: d.bound,
+        stamped: d.stamped,
+    }
+}
+
+fn report_to_c(r: &StepReport) -> moth_step_report {
+    let empty = moth_direction {
+        victim: -1,
+        target: 0,
+        size: 0.0,
+        reached: false,
+        bound: 0.0,
+        stamped: 0,
+    };
+    let mut directions = [empty; MOTH_MAX_DIRECTIONS];
+    for (slot, d) in directions.iter_mut().zip(&r.directions) {
+        *slot = direction_to_c(d);
+    }
+    moth_step_report {
+        step: r.step,
+        phase: phase_to_c(r.phase),
+        num_directions: r.directions.len().min(MOTH_MAX_DIRECTIONS),
+        directions,
+        inversion_steps: r.inversion_steps,
+        seconds: r.seconds,
+    }
+}
+
+fn describe_phase(p: Phase) -> String {
+    match p {
+        Phase::Warmup { target } => format!("warm-up, target {target}"),
+        Phase::Orthogonalize {
+            pair,
+            step_in_period,
+        } => format!(
+            "orthogonalize {}<->{}, period step {step_in_period}",
+            pair.source, pair.target
+        ),
+        Phase::Universal { target } => format!("universal, target {target}"),
+        Phase::Done { reason } => format!("done ({reason:?})"),
+    }
+}
+
+/// The one-line summary logged after each step.
+fn summarise(r: &StepReport) -> String {
+    let dirs: Vec<String> = r
+        .directions
+        .iter()
+        .map(|d| {
+            let from = d.victim.map_or("*".to_string(), |v| v.to_string());
+            format!(
+                "{from}->{} size {:.2} {} stamped {}",
+                d.target,
+                d.size,
+                if d.reached { "reached" } else { "failed" },
+                d.stamped
+            )
+        })
+        .collect();
+    format!(
+        "step {} ({}): {}; {} inversion steps, {:.3} s",
+        r.step,
+        describe_phase(r.phase),
+        if dirs.is_empty() {
+            "too few samples of the pair, batch unchanged".to_string()
+        } else {
+            dirs.join("; ")
+        },
+        r.inversion_steps,
+        r.seconds
+    )
+}
+
+fn spec_of(num_classes: usize, c: i64, h: i64, w: i64) -> SessionSpec {
+    SessionSpec {
+        num_classes,
+        input_shape: [c, h, w],
+    }
+}
+
+/// The expected spec of a checkpoint: `num_classes == 0` means "any".
+fn expected_spec(num_classes: usize, c: i64, h: i64, w: i64) -> Option<SessionSpec> {
+    (num_classes != 0).then(|| spec_of(num_classes, c, h, w))
+}
+
+/// Creates a session for a model with `num_classes` classes and inputs of
+/// shape `[c, h, w]`, starting in warm-up. The configuration is copied.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_new(
+    config: *const moth_config,
+    num_classes: usize,
+    c: i64,
+    h: i64,
+    w: i64,
+    out_session: *mut *mut moth_session,
+) -> moth_status {
+    ffi_boundary!("moth_session_new", {
+        init_out(out_session);
+        let o = out(out_session, "out_session")?;
+        let cfg = arg(config, "config")?;
+        let session = Session::new(cfg.config.clone(), spec_of(num_classes, c, h, w))?;
+        *o = into_handle(moth_session::new(session));
+        Ok(())
+    })
+}
+
+/// Frees a session (and its log callback's user data).
+/// `moth_session_free(NULL)` does nothing. No other call may be using the
+/// session.
+#[no_mangle]
+pub unsafe extern "C" fn moth_session_free(session: *mut moth_session) {
+    ffi_boundary!("moth_session_free", void, {
+        // SAFETY: NULL or a handle made by moth (C contract).
+        drop(unsafe { from_handle(session) });
+        Ok(())
+    })
+}
+
+/// Runs one hardening step on the batch `x` (`[n, C, H, W]` floating-point
+/// pixels in `[0, 1]`) with labels `y` (`[n]` integers): the phase's
+/// inversion on `classifier` (in evaluation mode), then stamping. On success
+/// `*stamped_out` receives a new tensor (same device, shape and order as
+/// `x`; labels are unchanged) to train on; free it with `moth_tensor_free`.
+/// The step report is then available from `moth_session_last_report`.
+///
+/// Flow signals (nothing was done, the session is unchanged):
+/// `MOTH_STATUS_DONE` once the session finished, and
+/// `MOTH_STATUS_ACCURACY_WANTED` when a clean-accuracy report is due
+/// (`moth_session_report_accuracy`). Failures leave the session unchanged:
+/// `MOTH_STATUS_WRONG_SHAPE`, `MOTH_STATUS_WRONG_DTYPE`,
+/// `MOTH_STATUS_LABEL_OUT_OF_RANGE`, `MOTH_STATUS_INVALID_VALUE` (pixels
+/// outside `[0, 1]`, NaN), `MOTH_STATUS_CALLBACK` (the forward callback
+/// failed), `MOTH_STATUS_TORCH`, ...
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_harden_batch(
+    session: *mut moth_session,
+    classifier: *mut moth_classifier,
+    x: *const moth_tensor,
+    y: *const moth_tensor,
+    stamped_out: *mut *mut moth_tensor,
+) -> moth_status {
+    ffi_boundary!("moth_session_harden_batch", session = session, {
+        init_out(stamped_out);
+        let o = out(stamped_out, "stamped_out")?;
+        let s = arg(session, "session")?;
+        let clf = arg(classifier, "classifier")?;
+        let x = &arg(x, "x")?.tensor;
+        let y = &arg(y, "y")?.tensor;
+        let mut st = s.state.lock()?;
+        if let Phase::Done { reason } = st.session.phase() {
+            return Err(FfiError::new(
+                moth_status::Done,
+                format!("the session is done ({reason:?}); nothing left to harden"),
+            ));
+        }
+        if st.session.wants_accuracy() {
+            return Err(FfiError::new(
+                moth_status::AccuracyWanted,
+                "a clean-accuracy report is due (moth_session_report_accuracy) before the next step",
+            ));
+        }
+        let mut model = clf.body.lock()?;
+        clear_callback_failure();
+        let hardened = st
+            .session
+            .harden_batch(&mut *model, x, y)
+            .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))?;
+        drop(model);
+        s.log_with(moth_log_level::Info, || summarise(&hardened.report));
+        st.last_report = Some(hardened.report);
+        *o = into_handle(moth_tensor::new(hardened.inputs));
+        Ok(())
+    })
+}
+
+/// Copies the report of the last successful `moth_session_harden_batch`
+/// call on this handle. `MOTH_STATUS_PHASE` when no step has run since the
+/// handle was created or loaded.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_last_report(
+    session: *const moth_session,
+    out_report: *mut moth_step_report,
+) -> moth_status {
+    ffi_boundary!("moth_session_last_report", session = session, {
+        init_out(out_report);
+        let o = out(out_report, "out_report")?;
+        let s = arg(session, "session")?;
+        let st = s.state.lock()?;
+        let r = st.last_report.as_ref().ok_or_else(|| {
+            FfiError::new(
+                moth_status::Phase,
+                "no step has run on this session handle yet",
+            )
+        })?;
+        *o = report_to_c(r);
+        Ok(())
+    })
+}
+
+/// Writes whether the session waits for a clean-accuracy report before its
+/// next step (always true before the first step when `accuracy_every > 0`:
+/// the baseline).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_wants_accuracy(
+    session: *const moth_session,
+    out_wanted: *mut bool,
+) -> moth_status {
+    ffi_boundary!("moth_session_wants_accuracy", session = session, {
+        init_out(out_wanted);
+        let o = out(out_wanted, "out_wanted")?;
+        let st = arg(session, "session")?.state.lock()?;
+        *o = st.session.wants_accuracy();
+        Ok(())
+    })
+}
+
+/// Reports the clean accuracy (in `[0, 1]`) of the caller's current model,
+/// when one is due. The first report is the baseline. `*out_verdict`
+/// receives the verdict; `out_drop` (may be NULL) the baseline minus this
+/// accuracy (0 for the baseline). `MOTH_VERDICT_EXCEEDED` means the session
+/// is now done: return to the last model that was within the bound.
+/// `MOTH_STATUS_PHASE` when no report is due, `MOTH_STATUS_INVALID_VALUE`
+/// for an accuracy outside `[0, 1]`.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_report_accuracy(
+    session: *mut moth_session,
+    accuracy: f64,
+    out_verdict: *mut moth_verdict,
+    out_drop: *mut f64,
+) -> moth_status {
+    ffi_boundary!("moth_session_report_accuracy", session = session, {
+        init_out(out_verdict);
+        init_out(out_drop);
+        let o = out(out_verdict, "out_verdict")?;
+        let s = arg(session, "session")?;
+        let mut st = s.state.lock()?;
+        let verdict = st.session.report_accuracy(accuracy)?;
+        let (v, drop) = match verdict {
+            AccuracyVerdict::Baseline => (moth_verdict::Baseline, 0.0),
+            AccuracyVerdict::WithinBound { drop } => (moth_verdict::WithinBound, drop),
+            AccuracyVerdict::Exceeded { drop } => (moth_verdict::Exceeded, drop),
+        };
+        s.log_with(moth_log_level::Info, || {
+            format!(
+                "accuracy {accuracy:.4} at step {}: {verdict:?}",
+                st.session.step()
+            )
+        });
+        *o = v;
+        if !out_drop.is_null() {
+            // SAFETY: non-NULL out-parameter (C contract).
+            unsafe { *out_drop = drop };
+        }
+        Ok(())
+    })
+}
+
+/// Writes the session's phase: what its next step will do.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_phase(
+    session: *const moth_session,
+    out_phase: *mut moth_phase,
+) -> moth_status {
+    ffi_boundary!("moth_session_phase", session = session, {
+        init_out(out_phase);
+        let o = out(out_phase, "out_phase")?;
+        let st = arg(session, "session")?.state.lock()?;
+        *o = phase_to_c(st.session.phase());
+        Ok(())
+    })
+}
+
+/// Writes the number of steps completed.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_step(
+    session: *const moth_session,
+    out_step: *mut u64,
+) -> moth_status {
+    ffi_boundary!("moth_session_step", session = session, {
+        init_out(out_step);
+        let o = out(out_step, "out_step")?;
+        let st = arg(session, "session")?.state.lock()?;
+        *o = st.session.step();
+        Ok(())
+    })
+}
+
+/// Writes whether the session finished.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_is_done(
+    session: *const moth_session,
+    out_done: *mut bool,
+) -> moth_status {
+    ffi_boundary!("moth_session_is_done", session = session, {
+        init_out(out_done);
+        let o = out(out_done, "out_done")?;
+        let st = arg(session, "session")?.state.lock()?;
+        *o = st.session.is_done();
+        Ok(())
+    })
+}
+
+/// Writes the accuracy bookkeeping (baseline, last report, pending).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_accuracy(
+    session: *const moth_session,
+    out_accuracy: *mut moth_accuracy,
+) -> moth_status {
+    ffi_boundary!("moth_session_accuracy", session = session, {
+        init_out(out_accuracy);
+        let o = out(out_accuracy, "out_accuracy")?;
+        let st = arg(session, "session")?.state.lock()?;
+        let a = st.session.accuracy();
+        *o = moth_accuracy {
+            has_baseline: a.baseline.is_some(),
+            baseline: a.baseline.unwrap_or(0.0),
+            has_last: a.last.is_some(),
+            last: a.last.unwrap_or(0.0),
+            pending: a.pending,
+        };
+        Ok(())
+    })
+}
+
+/// Writes the model description the session was made for.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_spec(
+    session: *const moth_session,
+    out_spec: *mut moth_spec,
+) -> moth_status {
+    ffi_boundary!("moth_session_spec", session = session, {
+        init_out(out_spec);
+        let o = out(out_spec, "out_spec")?;
+        let st = arg(session, "session")?.state.lock()?;
+        let sp = st.session.spec();
+        *o = moth_spec {
+            num_classes: sp.num_classes,
+            c: sp.input_shape[0],
+            h: sp.input_shape[1],
+            w: sp.input_shape[2],
+        };
+        Ok(())
+    })
+}
+
+/// Writes the session's configuration as JSON (the `moth_config_to_json`
+/// form; buffer rules as there).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_config_json(
+    session: *const moth_session,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> moth_status {
+    ffi_boundary!("moth_session_config_json", session = session, {
+        init_out(needed);
+        let st = arg(session, "session")?.state.lock()?;
+        write_json(st.session.config(), buf, len, needed)
+    })
+}
+
+/// Copies one `N x N` scheduler matrix (N = number of classes), row-major,
+/// into `out` of `len` doubles (at least N*N, else
+/// `MOTH_STATUS_BUFFER_TOO_SMALL`). `which` is a `MOTH_MATRIX_*` value.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_matrix(
+    session: *const moth_session,
+    which: moth_matrix_kind,
+    out_values: *mut f64,
+    len: usize,
+) -> moth_status {
+    ffi_boundary!("moth_session_matrix", session = session, {
+        let st = arg(session, "session")?.state.lock()?;
+        let sch = st.session.scheduler();
+        let m = match which {
+            MOTH_MATRIX_UNIV => &sch.univ,
+            MOTH_MATRIX_SIZE => &sch.size,
+            MOTH_MATRIX_DIFF => &sch.diff,
+            MOTH_MATRIX_COUNT => &sch.count,
+            other => {
+                return Err(FfiError::invalid(format!(
+                    "unknown matrix {other} (expected one of the MOTH_MATRIX_* values)"
+                )))
+            }
+        };
+        let n = m.len();
+        if len < n * n {
+            return Err(FfiError::new(
+                moth_status::BufferTooSmall,
+                format!("{len} doubles is too small for a {n}x{n} matrix"),
+            ));
+        }
+        if out_values.is_null() {
+            return Err(FfiError::null("out_values"));
+        }
+        for (i, row) in m.iter().enumerate() {
+            // SAFETY: `out_values` holds `len >= n*n` doubles (C contract);
+            // each row has `n` values.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_values.add(i * n), n) };
+        }
+        Ok(())
+    })
+}
+
+/// Copies the message of the last call on this session that did not return
+/// `MOTH_STATUS_OK` into `buf` (same buffer rules as `moth_last_error`;
+/// empty when none did). Never changes the stored message. Usable from
+/// inside a log callback, and while another thread is in a call.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_last_error(
+    session: *const moth_session,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> moth_status {
+    ffi_boundary!("moth_session_last_error", quiet, {
+        init_out(needed);
+        let s = arg(session, "session")?;
+        let msg = s.last_error.lock();
+        // SAFETY: forwarded C contract of the buffer arguments.
+        unsafe { write_c_string(msg.as_bytes_with_nul(), buf, len, needed) }
+    })
+}
+
+/// Sets the session's log callback (NULL removes it); `user_data` is passed
+/// to each call and freed with `free_user_data` (may be NULL) when the
+/// callback is replaced or the session freed. The session sends one info
+/// line per step, accuracy verdicts, checkpoint saves, and every failed
+/// call's message at error level (flow signals at info level). moth never
+/// installs a process-wide logger.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_set_log_callback(
+    session: *mut moth_session,
+    callback: moth_log_fn,
+    user_data: *mut c_void,
+    free_user_data: moth_free_fn,
+) -> moth_status {
+    ffi_boundary!("moth_session_set_log_callback", session = session, {
+        let s = arg(session, "session")?;
+        let _st = s.state.lock()?;
+        let sink = callback.map(|f| LogSink::new(f, user_data, free_user_data));
+        let old = std::mem::replace(&mut *s.log.lock(), sink);
+        // The previous user data is freed here, outside the log mutex.
+        drop(old);
+        Ok(())
+    })
+}
+
+/// Asks the session to run its libtorch work on the CUDA stream
+/// `cuda_stream` (a `cudaStream_t`) of device `device`.
+///
+/// Not implemented in this build: it always returns
+/// `MOTH_STATUS_UNSUPPORTED`. On a machine without CUDA that is the only
+/// possible answer. With CUDA, the mechanism would be libtorch's
+/// `c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromExternal(stream,
+/// device))` around each call, restoring the previous stream afterwards;
+/// the tch 0.24 binding moth uses exposes neither function (nor any stream
+/// API), so moth cannot do it without a C++ shim of its own.
+///
+/// What works instead: moth calls libtorch synchronously on the caller's
+/// thread, so libtorch uses that thread's current CUDA stream. A C++
+/// trainer that makes its stream current before calling moth (e.g.
+/// `c10::cuda::CUDAStreamGuard guard(stream);` around the
+/// `moth_session_harden_batch` call) gets every moth kernel on its stream.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_set_cuda_stream(
+    session: *mut moth_session,
+    device: i32,
+    cuda_stream: *mut c_void,
+) -> moth_status {
+    ffi_boundary!("moth_session_set_cuda_stream", session = session, {
+        let s = arg(session, "session")?;
+        let _st = s.state.lock()?;
+        let _ = cuda_stream;
+        if cuda_device_count() == 0 {
+            return Err(FfiError::new(
+                moth_status::Unsupported,
+                format!("CUDA stream for device {device}: CUDA is not available in this process"),
+            ));
+        }
+        Err(FfiError::new(
+            moth_status::Unsupported,
+            "per-session CUDA streams are not implemented (the tch binding has no stream API); \
+             make your stream current on the calling thread (c10::cuda::CUDAStreamGuard) \
+             instead: moth runs libtorch on the caller's thread and current stream",
+        ))
+    })
+}
+
+/// An owned byte buffer made by moth (a checkpoint). Read it with
+/// `moth_buffer_data`, free it with `moth_buffer_free`.
+pub struct moth_buffer {
+    bytes: Vec<u8>,
+}
+
+/// Writes the buffer's start and length. The bytes stay valid, unchanged,
+/// until `moth_buffer_free`.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_buffer_data(
+    buffer: *const moth_buffer,
+    out_data: *mut *const u8,
+    out_len: *mut usize,
+) -> moth_status {
+    ffi_boundary!("moth_buffer_data", {
+        init_out(out_data);
+        init_out(out_len);
+        let d = out(out_data, "out_data")?;
+        let l = out(out_len, "out_len")?;
+        let b = arg(buffer, "buffer")?;
+        *d = b.bytes.as_ptr();
+        *l = b.bytes.len();
+        Ok(())
+    })
+}
+
+/// Frees a buffer. `moth_buffer_free(NULL)` does nothing.
+#[no_mangle]
+pub unsafe extern "C" fn moth_buffer_free(buffer: *mut moth_buffer) {
+    ffi_boundary!("moth_buffer_free", void, {
+        // SAFETY: NULL or a handle made by moth (C contract).
+        drop(unsafe { from_handle(buffer) });
+        Ok(())
+    })
+}
+
+/// Saves the session to a checkpoint file at `path`, atomically (a
+/// temporary file in the same folder, then a rename). The checkpoint holds
+/// the whole hardening state (matrices, triggers, bounds, counters, RNG,
+/// configuration); the model and optimiser are the caller's to save.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_save(
+    session: *const moth_session,
+    path: *const c_char,
+) -> moth_status {
+    ffi_boundary!("moth_session_save", session = session, {
+        let s = arg(session, "session")?;
+        let path = c_str(path, "path")?;
+        let st = s.state.lock()?;
+        st.session.save(Path::new(path))?;
+        s.log_with(moth_log_level::Info, || {
+            format!("saved the session at step {} to {path}", st.session.step())
+        });
+        Ok(())
+    })
+}
+
+/// Serialises the session into a new buffer (the checkpoint file's bytes).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_to_buffer(
+    session: *const moth_session,
+    out_buffer: *mut *mut moth_buffer,
+) -> moth_status {
+    ffi_boundary!("moth_session_to_buffer", session = session, {
+        init_out(out_buffer);
+        let o = out(out_buffer, "out_buffer")?;
+        let st = arg(session, "session")?.state.lock()?;
+        let bytes = st.session.to_bytes()?;
+        *o = into_handle(moth_buffer { bytes });
+        Ok(())
+    })
+}
+
+fn loaded(session: crate::Result<Session>, o: &mut *mut moth_session) -> FfiResult<()> {
+    *o = into_handle(moth_session::new(session?));
+    Ok(())
+}
+
+/// Loads a session saved with `moth_session_save`. With `num_classes > 0`
+/// the checkpoint must have been made for that class count and input shape
+/// `[c, h, w]` (`MOTH_STATUS_CHECKPOINT` otherwise); `num_classes == 0`
+/// accepts any (read the spec with `moth_session_spec`). A corrupted,
+/// truncated or other-version file gives `MOTH_STATUS_CHECKPOINT`.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_load(
+    path: *const c_char,
+    num_classes: usize,
+    c: i64,
+    h: i64,
+    w: i64,
+    out_session: *mut *mut moth_session,
+) -> moth_status {
+    ffi_boundary!("moth_session_load", {
+        init_out(out_session);
+        let o = out(out_session, "out_session")?;
+        let path = c_str(path, "path")?;
+        loaded(
+            Session::load(Path::new(path), expected_spec(num_classes, c, h, w)),
+            o,
+        )
+    })
+}
+
+/// Restores a session from `len` bytes at `data` (made by
+/// `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
+/// `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_from_buffer(
+    data: *const u8,
+    len: usize,
+    num_classes: usize,
+    c: i64,
+    h: i64,
+    w: i64,
+    out_session: *mut *mut moth_session,
+) -> moth_status {
+    ffi_boundary!("moth_session_from_buffer", {
+        init_out(out_session);
+        let o = out(out_session, "out_session")?;
+        if data.is_null() {
+            return Err(FfiError::null("data"));
+        }
+        // SAFETY: non-NULL; the caller promises `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        loaded(
+            Session::from_bytes(bytes, expected_spec(num_classes, c, h, w)),
+            o,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::config::moth_config_new;
+
+    /// A call that panics while it holds the session, as a bug in moth
+    /// would: the panic must come back as a status and poison the session.
+    unsafe extern "C" fn panics_while_holding(session: *mut moth_session) -> moth_status {
+        ffi_boundary!("panics_while_holding", session = session, {
+            let st = arg(session, "session")?.state.lock()?;
+            if st.session.step() == 0 {
+                panic!("injected failure");
+            }
+            Ok(())
+        })
+    }
+
+    fn last_error(s: *const moth_session) -> String {
+        let mut buf = vec![0 as c_char; 1024];
+        let mut n = 0;
+        // SAFETY: a live session and a buffer of buf.len() bytes.
+        let st = unsafe { moth_session_last_error(s, buf.as_mut_ptr(), buf.len(), &mut n) };
+        assert_eq!(st, moth_status::Ok);
+        // SAFETY: NUL-terminated by moth.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_poisons_the_session() {
+        // SAFETY: handles made and freed here.
+        unsafe {
+            let mut cfg = std::ptr::null_mut();
+            assert_eq!(moth_config_new(&mut cfg), moth_status::Ok);
+            let mut s = std::ptr::null_mut();
+            assert_eq!(moth_session_new(cfg, 3, 1, 4, 4, &mut s), moth_status::Ok);
+            assert_eq!(panics_while_holding(s), moth_status::Panic);
+            let msg = last_error(s);
+            assert!(msg.contains("injected failure"), "{msg}");
+            assert!(msg.contains("poisoned"), "{msg}");
+            let mut step = 7;
+            assert_eq!(moth_session_step(s, &mut step), moth_status::Poisoned);
+            assert_eq!(step, 0);
+            assert!(last_error(s).contains("poisoned by an earlier internal error"));
+            let mut p = std::mem::zeroed();
+            assert_eq!(moth_session_phase(s, &mut p), moth_status::Poisoned);
+            moth_session_free(s);
+            crate::ffi::config::moth_config_free(cfg);
+        }
+    }
+}
