@@ -1,0 +1,144 @@
+//! A TorchScript model with real parameters (written by a small libtorch
+//! C++ program, as `torch.jit.script` would) is trained by `moth train`-style
+//! hardening, saved back as TorchScript, and resumes exactly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use moth::model::{Classifier, Model};
+use tch::{Device, Kind, Tensor};
+
+const MOTH: &str = env!("CARGO_BIN_EXE_moth");
+const SMALL: &str = r#"{"warmup":{"budget":{"steps":10,"init_cost":0.001,"asr_bound":0.99}},
+ "first":{"steps":8,"init_cost":0.001,"asr_bound":0.9},
+ "later":{"steps":4,"init_cost":0.01,"asr_bound":0.9},"accuracy_every":5}"#;
+
+fn libtorch() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".libtorch"));
+    let dir = if dir.is_relative() {
+        root.join(dir)
+    } else {
+        dir
+    };
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Builds (once per source change) and runs the generator.
+fn scripted_model(out: &Path) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/cpp/make_scripted.cpp");
+    let work = root.join("target/torchscript_harden");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = work.join("make_scripted");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if mtime(&bin) <= mtime(&src) {
+        let torch = libtorch();
+        let inc = torch.join("include");
+        let lib = torch.join("lib");
+        let status = Command::new("g++")
+            .args(["-std=c++17", "-O0", "-w", "-D_GLIBCXX_USE_CXX11_ABI=1"])
+            .arg(&src)
+            .arg("-I")
+            .arg(&inc)
+            .arg("-I")
+            .arg(inc.join("torch/csrc/api/include"))
+            .arg("-L")
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-Wl,--no-as-needed", "-ltorch_cpu", "-lc10", "-o"])
+            .arg(&bin)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "compiling tests/cpp/make_scripted.cpp failed"
+        );
+    }
+    let status = Command::new(&bin).arg(out).status().unwrap();
+    assert!(status.success());
+}
+
+fn moth(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(MOTH)
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn parameters(path: &Path) -> Vec<(String, Tensor)> {
+    Model::torchscript(path, [1, 28, 28], Device::Cpu)
+        .unwrap()
+        .parameters()
+}
+
+#[test]
+fn torchscript_model_is_hardened_saved_back_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.pt");
+    scripted_model(&model);
+    let m = model.to_str().unwrap();
+    let before = parameters(&model);
+    assert_eq!(before.len(), 4, "w1, b1, w2, b2 are trainable parameters");
+    let common = [
+        "harden",
+        "--model",
+        m,
+        "--input-shape",
+        "1,28,28",
+        "--epochs",
+        "0.02",
+        "--no-distance",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+    ];
+    let straight = dir.path().join("straight");
+    let mut args = common.to_vec();
+    args.extend(["--out", straight.to_str().unwrap()]);
+    let (code, out) = moth(&args);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("TorchScript module") && out.contains("hardened.pt"),
+        "{out}"
+    );
+    let hardened = straight.join("hardened.pt");
+    let after = parameters(&hardened);
+    let changed = before
+        .iter()
+        .zip(&after)
+        .any(|((_, a), (_, b))| !a.equal(b));
+    assert!(changed, "training updated the TorchScript parameters");
+    // It is still a working TorchScript classifier.
+    let reloaded = Model::torchscript(&hardened, [1, 28, 28], Device::Cpu).unwrap();
+    let logits = reloaded
+        .forward(&Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    assert_eq!(logits.size(), vec![3, 10]);
+
+    // Interrupted and resumed: the module travels whole in run.ckpt.
+    let split = dir.path().join("split");
+    let mut args = common.to_vec();
+    args.extend(["--out", split.to_str().unwrap(), "--stop-after-step", "13"]);
+    let (code, out) = moth(&args);
+    assert_eq!(code, Some(130), "{out}");
+    let (code, out) = moth(&["harden", "--resume", split.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let resumed = parameters(&split.join("hardened.pt"));
+    for ((na, a), (nb, b)) in after.iter().zip(&resumed) {
+        assert_eq!(na, nb);
+        assert!(a.equal(b), "parameter {na} equal after resume");
+    }
+}
