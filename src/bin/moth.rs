@@ -95,6 +95,18 @@ struct Common {
     seed: u64,
 }
 
+/// Which model to work on.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A moth model file, or a TorchScript `.pt` (with --input-shape). The
+    /// default model is trained first when missing.
+    #[arg(long = "model", default_value = "runs/base/model.moth")]
+    path: PathBuf,
+    /// `C,H,W` of a TorchScript model's inputs.
+    #[arg(long, value_parser = parse_shape)]
+    input_shape: Option<[i64; 3]>,
+}
+
 /// How class distances are measured.
 #[derive(Args, Clone)]
 struct ProtocolArgs {
@@ -135,13 +147,8 @@ struct TrainArgs {
 struct DistanceArgs {
     #[command(flatten)]
     common: Common,
-    /// Model to measure: a moth model file, or a TorchScript `.pt` (with
-    /// --input-shape). The default model is trained first when missing.
-    #[arg(long, default_value = "runs/base/model.moth")]
-    model: PathBuf,
-    /// `C,H,W` of a TorchScript model's inputs.
-    #[arg(long, value_parser = parse_shape)]
-    input_shape: Option<[i64; 3]>,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     protocol: ProtocolArgs,
     /// Output folder for distances.json and heatmap.png.
@@ -153,13 +160,8 @@ struct DistanceArgs {
 struct HardenArgs {
     #[command(flatten)]
     common: Common,
-    /// Model to harden (moth model file, or TorchScript `.pt` with
-    /// --input-shape). The default model is trained first when missing.
-    #[arg(long, default_value = "runs/base/model.moth")]
-    model: PathBuf,
-    /// `C,H,W` of a TorchScript model's inputs.
-    #[arg(long, value_parser = parse_shape)]
-    input_shape: Option<[i64; 3]>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// moth, universal, pairwise or asymmetric.
     #[arg(long, default_value = "moth")]
     method: moth::session::Method,
@@ -424,7 +426,7 @@ impl ProtocolArgs {
 }
 
 fn run_distance(a: &DistanceArgs) -> moth::Result<DistanceMatrix> {
-    let (mut model, classes) = load_or_train(&a.model, &a.common, a.input_shape)?;
+    let (mut model, classes) = load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
     let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
@@ -432,7 +434,7 @@ fn run_distance(a: &DistanceArgs) -> moth::Result<DistanceMatrix> {
     let cfg = a.protocol.config(model.device());
     println!(
         "measuring class distances of {} ({})",
-        a.model.display(),
+        a.model.path.display(),
         model.describe()
     );
     println!("protocol: {}", cfg.describe());
@@ -668,7 +670,7 @@ fn start_harden<'d>(
 ) -> moth::Result<(moth::runner::HardenRun<'d>, HardenNotes)> {
     use moth::runner::{HardenRun, RunConfig};
     let start = Instant::now();
-    let (model, classes) = load_or_train(&a.model, &a.common, a.input_shape)?;
+    let (model, classes) = load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes.clone();
     }
@@ -682,7 +684,7 @@ fn start_harden<'d>(
     };
     println!(
         "hardening {} ({}) with {:?}, {} epoch(s) after warm-up, batch {}, bounds {:?}, device {device:?}, {} libtorch threads",
-        a.model.display(),
+        a.model.path.display(),
         model.describe(),
         a.method,
         run_cfg.epochs,
@@ -703,7 +705,7 @@ fn start_harden<'d>(
     };
     let run = HardenRun::new(base, session_cfg, run_cfg, train_set, test_set)?;
     let notes = HardenNotes {
-        model: a.model.display().to_string(),
+        model: a.model.path.display().to_string(),
         method: format!("{:?}", a.method),
         no_distance: a.no_distance,
         distance: dcfg,
