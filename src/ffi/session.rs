@@ -494,11 +494,12 @@ pub unsafe extern "C" fn moth_session_wants_accuracy(
     out_wanted: *mut bool,
 ) -> moth_status {
     ffi_boundary!("moth_session_wants_accuracy", session = session, {
-        init_out(out_wanted);
-        let o = out(out_wanted, "out_wanted")?;
-        let st = arg(session, "session")?.state.lock()?;
-        *o = st.session.wants_accuracy();
-        Ok(())
+        read_into(
+            session,
+            out_wanted,
+            "out_wanted",
+            |s| Ok(s.wants_accuracy()),
+        )
     })
 }
 
@@ -552,11 +553,9 @@ pub unsafe extern "C" fn moth_session_phase(
     out_phase: *mut moth_phase,
 ) -> moth_status {
     ffi_boundary!("moth_session_phase", session = session, {
-        init_out(out_phase);
-        let o = out(out_phase, "out_phase")?;
-        let st = arg(session, "session")?.state.lock()?;
-        *o = phase_to_c(st.session.phase());
-        Ok(())
+        read_into(session, out_phase, "out_phase", |s| {
+            Ok(phase_to_c(s.phase()))
+        })
     })
 }
 
@@ -568,11 +567,7 @@ pub unsafe extern "C" fn moth_session_step(
     out_step: *mut u64,
 ) -> moth_status {
     ffi_boundary!("moth_session_step", session = session, {
-        init_out(out_step);
-        let o = out(out_step, "out_step")?;
-        let st = arg(session, "session")?.state.lock()?;
-        *o = st.session.step();
-        Ok(())
+        read_into(session, out_step, "out_step", |s| Ok(s.step()))
     })
 }
 
@@ -584,11 +579,7 @@ pub unsafe extern "C" fn moth_session_is_done(
     out_done: *mut bool,
 ) -> moth_status {
     ffi_boundary!("moth_session_is_done", session = session, {
-        init_out(out_done);
-        let o = out(out_done, "out_done")?;
-        let st = arg(session, "session")?.state.lock()?;
-        *o = st.session.is_done();
-        Ok(())
+        read_into(session, out_done, "out_done", |s| Ok(s.is_done()))
     })
 }
 
@@ -600,18 +591,16 @@ pub unsafe extern "C" fn moth_session_accuracy(
     out_accuracy: *mut moth_accuracy,
 ) -> moth_status {
     ffi_boundary!("moth_session_accuracy", session = session, {
-        init_out(out_accuracy);
-        let o = out(out_accuracy, "out_accuracy")?;
-        let st = arg(session, "session")?.state.lock()?;
-        let a = st.session.accuracy();
-        *o = moth_accuracy {
-            has_baseline: a.baseline.is_some(),
-            baseline: a.baseline.unwrap_or(0.0),
-            has_last: a.last.is_some(),
-            last: a.last.unwrap_or(0.0),
-            pending: a.pending,
-        };
-        Ok(())
+        read_into(session, out_accuracy, "out_accuracy", |s| {
+            let a = s.accuracy();
+            Ok(moth_accuracy {
+                has_baseline: a.baseline.is_some(),
+                baseline: a.baseline.unwrap_or(0.0),
+                has_last: a.last.is_some(),
+                last: a.last.unwrap_or(0.0),
+                pending: a.pending,
+            })
+        })
     })
 }
 
@@ -623,17 +612,15 @@ pub unsafe extern "C" fn moth_session_spec(
     out_spec: *mut moth_spec,
 ) -> moth_status {
     ffi_boundary!("moth_session_spec", session = session, {
-        init_out(out_spec);
-        let o = out(out_spec, "out_spec")?;
-        let st = arg(session, "session")?.state.lock()?;
-        let sp = st.session.spec();
-        *o = moth_spec {
-            num_classes: sp.num_classes,
-            c: sp.input_shape[0],
-            h: sp.input_shape[1],
-            w: sp.input_shape[2],
-        };
-        Ok(())
+        read_into(session, out_spec, "out_spec", |s| {
+            let sp = s.spec();
+            Ok(moth_spec {
+                num_classes: sp.num_classes,
+                c: sp.input_shape[0],
+                h: sp.input_shape[1],
+                w: sp.input_shape[2],
+            })
+        })
     })
 }
 
@@ -853,13 +840,27 @@ pub unsafe extern "C" fn moth_session_to_buffer(
     out_buffer: *mut *mut moth_buffer,
 ) -> moth_status {
     ffi_boundary!("moth_session_to_buffer", session = session, {
-        init_out(out_buffer);
-        let o = out(out_buffer, "out_buffer")?;
-        let st = arg(session, "session")?.state.lock()?;
-        let bytes = st.session.to_bytes()?;
-        *o = into_handle(moth_buffer { bytes });
-        Ok(())
+        read_into(session, out_buffer, "out_buffer", |s| {
+            let bytes = s.to_bytes()?;
+            Ok(into_handle(moth_buffer { bytes }))
+        })
     })
+}
+
+/// The common shape of the read-only getters: zero the out-parameter,
+/// check it and then the session for NULL, lock the session and write what
+/// `read` returns.
+fn read_into<T: Zeroable>(
+    session: *const moth_session,
+    out_ptr: *mut T,
+    out_name: &str,
+    read: impl FnOnce(&Session) -> FfiResult<T>,
+) -> FfiResult<()> {
+    init_out(out_ptr);
+    let o = out(out_ptr, out_name)?;
+    let st = arg(session, "session")?.state.lock()?;
+    *o = read(&st.session)?;
+    Ok(())
 }
 
 fn loaded(session: crate::Result<Session>, o: &mut *mut moth_session) -> FfiResult<()> {
