@@ -140,18 +140,6 @@ struct SavedSession {
     pairwise_next: usize,
 }
 
-/// What a session checkpoint holds, for `moth inspect` and resume checks,
-/// without the tensors.
-#[derive(Debug, Clone)]
-pub struct CheckpointSummary {
-    /// Where it ran.
-    pub environment: RunEnvironment,
-    /// The session's model description.
-    pub spec: SessionSpec,
-    /// Its configuration.
-    pub config: SessionConfig,
-}
-
 impl Session {
     /// Serialises the whole session state into checkpoint bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -209,16 +197,6 @@ impl Session {
         Self::from_bytes(&bytes, expected).map_err(|e| match e {
             Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
             other => other,
-        })
-    }
-
-    /// Reads the environment, spec and configuration of checkpoint bytes.
-    pub fn summary(bytes: &[u8]) -> Result<CheckpointSummary> {
-        let saved: SavedSession = checkpoint::decode(PayloadKind::Session, bytes)?;
-        Ok(CheckpointSummary {
-            environment: saved.environment,
-            spec: saved.spec,
-            config: saved.config,
         })
     }
 }

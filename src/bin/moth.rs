@@ -496,7 +496,7 @@ fn write_distance_outputs(m: &DistanceMatrix, dir: &Path, title: &str) -> moth::
 
 /// What `--resume` needs besides the run checkpoint: the settings that
 /// shape the final report and the "before" half of it.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct HardenNotes {
     model: String,
     method: String,
@@ -578,7 +578,7 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
     let save = |run: &HardenRun, notes: &HardenNotes, spent: f64| -> moth::Result<()> {
         let notes = HardenNotes {
             harden_seconds_so_far: spent,
-            ..clone_notes(notes)
+            ..notes.clone()
         };
         let extra = serde_json::to_string(&notes).map_err(|e| moth::Error::Input(e.to_string()))?;
         moth::checkpoint::write_atomic(&ckpt, &run.checkpoint(&extra)?)
@@ -615,19 +615,6 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
     notes.harden_seconds_so_far = spent_before + loop_start.elapsed().as_secs_f64();
     save(&run, &notes, notes.harden_seconds_so_far)?;
     finish_harden(run, notes, &test_set, &train_set.classes, &out, wall)
-}
-
-fn clone_notes(n: &HardenNotes) -> HardenNotes {
-    HardenNotes {
-        model: n.model.clone(),
-        method: n.method.clone(),
-        no_distance: n.no_distance,
-        distance: n.distance.clone(),
-        accuracy_before: n.accuracy_before,
-        before: n.before.clone(),
-        seconds_before_hardening: n.seconds_before_hardening,
-        harden_seconds_so_far: n.harden_seconds_so_far,
-    }
 }
 
 /// CPU results are bit-identical only with the thread count the run started
@@ -940,20 +927,18 @@ fn run_inspect(path: &Path) -> moth::Result<()> {
             return Ok(());
         }
     };
-    let summary = moth::session::Session::summary(&session_bytes)?;
     let s = moth::session::Session::from_bytes(&session_bytes, None)?;
-    let env = &summary.environment;
+    let (spec, config) = (s.spec(), s.config());
     println!(
         "session: {} classes, inputs {:?}, method {:?}, seed {}",
-        summary.spec.num_classes,
-        summary.spec.input_shape,
-        summary.config.method,
-        summary.config.seed
+        spec.num_classes, spec.input_shape, config.method, config.seed
     );
-    println!(
-        "written on: moth {}, libtorch {}, {} threads, CPU {}",
-        env.moth_version, env.libtorch, env.threads, env.cpu_capability
-    );
+    if let Some(env) = s.resumed_from() {
+        println!(
+            "written on: moth {}, libtorch {}, {} threads, CPU {}",
+            env.moth_version, env.libtorch, env.threads, env.cpu_capability
+        );
+    }
     println!(
         "phase: {:?}, step {} of {}",
         s.phase(),
