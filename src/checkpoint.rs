@@ -341,7 +341,8 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
 /// file in the same directory, syncs it, renames it over `path`, then syncs
 /// the directory. After a crash `path` holds either its old content or
 /// `bytes`. The temporary file is removed when a step before the rename
-/// fails.
+/// fails; one left by a writer that was killed is removed by the next
+/// successful write of the same path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path)?;
     let written = (|| -> Result<()> {
@@ -369,7 +370,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     File::open(&dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))?;
+    remove_stale_temps(path);
+    Ok(())
+}
+
+/// Removes the temporary files that writers of `path` killed mid-write left
+/// behind (`.NAME.tmp.PID.N` whose process no longer exists). Temporary files
+/// of live processes, this one included, may be writes in progress and stay.
+/// Best effort: a file that cannot be listed or removed is left alone.
+fn remove_stale_temps(path: &Path) {
+    let (Some(name), Ok(entries)) = (path.file_name(), fs::read_dir(parent_dir(path))) else {
+        return;
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp.");
+    let prefix = prefix.to_string_lossy().into_owned();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = rest
+            .split('.')
+            .next()
+            .and_then(|p| p.parse::<libc::pid_t>().ok());
+        if pid.is_some_and(|pid| pid > 0 && !process_exists(pid)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id exists (it may belong to another user).
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Reads a whole file; the error names the path.

@@ -549,6 +549,43 @@ fn atomic_write_replaces_content_and_leaves_no_temp_files() {
     assert!(sub.join("keep").exists());
 }
 
+/// The pid of a process that has exited (and been reaped).
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn a_write_removes_temp_files_of_dead_writers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.ckpt");
+    let dead = dead_pid();
+    let me = std::process::id();
+    let stale = [
+        format!(".a.ckpt.tmp.{dead}.0"),
+        format!(".a.ckpt.tmp.{dead}.7"),
+    ];
+    let kept = [
+        format!(".a.ckpt.tmp.{me}.999"),  // a live writer's (ours)
+        format!(".b.ckpt.tmp.{dead}.0"),  // another checkpoint's
+        "a.ckpt.tmp.notes".to_string(),   // not a temp file name
+        format!(".a.ckpt.tmp.x{dead}.0"), // not a pid
+    ];
+    for n in stale.iter().chain(&kept) {
+        std::fs::write(dir.path().join(n), b"partial").unwrap();
+    }
+    write_atomic(&path, b"content").unwrap();
+    assert_eq!(read_file(&path).unwrap(), b"content");
+    for n in &stale {
+        assert!(!dir.path().join(n).exists(), "{n} should be gone");
+    }
+    for n in &kept {
+        assert!(dir.path().join(n).exists(), "{n} should stay");
+    }
+}
+
 const WRITER_ENV: &str = "MOTH_CKPT_WRITER_PATH";
 const WRITER_READY: &str = "MOTH_CKPT_WRITER_READY";
 const WRITER_DEAD: &str = "MOTH_CKPT_WRITER_DEAD";
@@ -701,5 +738,11 @@ fn killed_writer_never_leaves_a_broken_checkpoint() {
         started.elapsed().as_secs_f64(),
     );
     assert!(survived >= 50);
+    // Each writer's first save removed the files of the writers killed
+    // before it: at most the last one's can remain.
+    assert!(
+        leftovers <= 1,
+        "{leftovers} temp files of dead writers remain"
+    );
     drop(guard);
 }
