@@ -192,8 +192,8 @@ enum moth_status
      */
     MOTH_STATUS_BUSY = -20,
     /**
-     * The operation is not supported by this build or machine (CUDA on a
-     * machine without CUDA, CUDA streams with this libtorch binding).
+     * The operation is not supported by this build or machine (CUDA or
+     * CUDA streams in a process without CUDA).
      */
     MOTH_STATUS_UNSUPPORTED = -21,
 };
@@ -936,27 +936,43 @@ moth_status moth_session_set_log_callback(moth_session *session,
                                           moth_free_fn free_user_data);
 
 /**
- * Asks the session to run its libtorch work on the CUDA stream
- * `cuda_stream` (a `cudaStream_t`) of device `device`.
+ * Runs this session's hardening work on the caller's CUDA stream
+ * `cuda_stream` (a `cudaStream_t`) of CUDA device `device`: for the
+ * duration of each `moth_session_harden_batch` call, moth makes that stream
+ * and device current on the calling thread (so every moth kernel, and every
+ * forward pass of a callback classifier, runs on it), then restores the
+ * stream and device that were current before, whether the call succeeded
+ * or not. `cuda_stream == NULL` clears the setting: calls then run on the
+ * calling thread's current stream, so a C++ trainer inside its own
+ * `c10::cuda::CUDAStreamGuard` needs no call at all.
  *
- * Not implemented in this build: it always returns
- * `MOTH_STATUS_UNSUPPORTED`. On a machine without CUDA that is the only
- * possible answer. With CUDA, the mechanism would be libtorch's
- * `c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromExternal(stream,
- * device))` around each call, restoring the previous stream afterwards;
- * the tch 0.24 binding moth uses exposes neither function (nor any stream
- * API), so moth cannot do it without a C++ shim of its own.
+ * The caller keeps the stream alive while the session may use it. The
+ * hardened batch is produced on the stream: work on the same stream may use
+ * it at once, work on another stream must wait for it (an event). The
+ * classifier must live on `cuda:<device>`
+ * (`MOTH_STATUS_DEVICE` from `moth_session_harden_batch` otherwise). The
+ * setting belongs to this process and is not saved in checkpoints: set it
+ * again after `moth_session_load`/`moth_session_from_buffer`.
  *
- * What works instead: moth calls libtorch synchronously on the caller's
- * thread, so libtorch uses that thread's current CUDA stream. A C++
- * trainer that makes its stream current before calling moth (e.g.
- * `c10::cuda::CUDAStreamGuard guard(stream);` around the
- * `moth_session_harden_batch` call) gets every moth kernel on its stream.
+ * Returns `MOTH_STATUS_UNSUPPORTED` in a process without CUDA (CPU-only
+ * libtorch or machine) and `MOTH_STATUS_DEVICE` for a device that does not
+ * exist or a handle that cannot be a stream (`cudaStreamLegacy`,
+ * `cudaStreamPerThread`, a misaligned value); the setting is then unchanged.
  */
 MOTH_MUST_USE
 moth_status moth_session_set_cuda_stream(moth_session *session,
                                          int32_t device,
                                          void *cuda_stream);
+
+/**
+ * Writes the stream set with `moth_session_set_cuda_stream`: its device and
+ * `cudaStream_t`, or `-1` and `NULL` when none is set (calls then run on the
+ * calling thread's current stream).
+ */
+MOTH_MUST_USE
+moth_status moth_session_cuda_stream(const moth_session *session,
+                                     int32_t *out_device,
+                                     void **out_stream);
 
 /**
  * Writes the buffer's start and length. The bytes stay valid, unchanged,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: libtorch 2.11.0 (from the PyPI wheel,
-# cached once per machine outside the clone), the Fashion-MNIST Debian package,
-# and the C/C++/Go toolchains the tests use. Safe to run again: every step
+# cached once per machine outside the clone), CUDA runtime headers, the
+# Fashion-MNIST Debian package, and the C/C++/Go toolchains the tests use. Safe to run again: every step
 # checks first and does nothing when its result is already there.
 #
 # Environment:
@@ -59,6 +59,23 @@ install_libtorch() {
     log "libtorch: $site/torch (linked as .libtorch)"
 }
 
+# CUDA runtime headers (a few MB, no compiler): with them the CUDA path of
+# examples/cpp/trainer.cpp is compiled by the tests on machines without a
+# GPU, so that it cannot rot unseen. Linked as .cuda-include.
+install_cuda_headers() {
+    local dir="$cache/cuda-headers-13.0"
+    if [ ! -f "$dir/.complete" ]; then
+        log "installing CUDA 13.0 runtime headers into $dir"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        python3 -m pip install -q --disable-pip-version-check --no-deps --no-compile \
+            --target "$dir" "nvidia-cuda-runtime==13.0.96.*" "nvidia-cuda-crt==13.0.88.*"
+        touch "$dir/.complete"
+    fi
+    ln -sfn "$dir/nvidia/cu13/include" "$root/.cuda-include"
+}
+
 install_apt
 install_libtorch
+install_cuda_headers
 log "ready"

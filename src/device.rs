@@ -115,7 +115,8 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
-fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
+/// The folder of the `libtorch_cpu.so` mapped into this process.
+pub(crate) fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))

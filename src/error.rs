@@ -30,6 +30,10 @@ pub enum Error {
     /// The requested device is not available.
     #[error("device: {0}")]
     Device(String),
+    /// The operation needs something this build or machine lacks (CUDA
+    /// streams without CUDA).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// An operating-system I/O error, with the path when there is one.
     #[error("{context}: {source}")]
     Io {

@@ -17,6 +17,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod session;
 pub mod session_checkpoint;
+pub mod stream;
 pub mod train;
 pub mod trigger;
 pub mod two_sided;

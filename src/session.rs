@@ -24,6 +24,7 @@ use crate::config::{InversionBudget, InversionConfig};
 use crate::inversion::DirectionOutcome;
 use crate::model::Classifier;
 use crate::scheduler::{Pair, Scheduler, SchedulerConfig};
+use crate::stream::{CudaStream, StreamScope};
 use crate::trigger::Trigger;
 use crate::two_sided::{self, Side};
 use crate::warmup::{self, WarmupConfig};
@@ -305,6 +306,9 @@ pub struct Session {
     pub(crate) state: State,
     /// Where the checkpoint this session was loaded from was written.
     pub(crate) resumed_from: Option<crate::session_checkpoint::RunEnvironment>,
+    /// The caller's CUDA stream for this session's work: a binding to this
+    /// process, so never checkpointed.
+    pub(crate) stream: Option<CudaStream>,
 }
 
 impl Session {
@@ -352,6 +356,7 @@ impl Session {
             spec,
             state,
             resumed_from: None,
+            stream: None,
         })
     }
 
@@ -369,6 +374,20 @@ impl Session {
     /// The model description the session was made for.
     pub fn spec(&self) -> SessionSpec {
         self.spec
+    }
+
+    /// Runs this session's hardening calls on `stream` (made current, with
+    /// its device, for each call and restored afterwards), or, with `None`,
+    /// on whatever stream is current on the calling thread. The model must
+    /// live on the stream's device. Not saved in checkpoints: set it again
+    /// after loading one.
+    pub fn set_cuda_stream(&mut self, stream: Option<CudaStream>) {
+        self.stream = stream;
+    }
+
+    /// The stream set with [`Session::set_cuda_stream`].
+    pub fn cuda_stream(&self) -> Option<CudaStream> {
+        self.stream
     }
 
     /// What the next step will do.
@@ -462,6 +481,7 @@ impl Session {
                 "the session is waiting for a clean-accuracy report (report_accuracy) before the next step".into(),
             ));
         }
+        let _scope = self.enter_stream(model.device())?;
         let labels = self.validate_batch(x, y)?;
         let start = Instant::now();
         let mut next = self.state.clone();
@@ -511,6 +531,22 @@ impl Session {
                 ..report
             },
         })
+    }
+
+    /// Makes the session's stream current for one call, after checking that
+    /// the model lives on its device (otherwise the stream would not apply).
+    fn enter_stream(&self, model_device: Device) -> Result<Option<StreamScope>> {
+        let Some(stream) = self.stream else {
+            return Ok(None);
+        };
+        if model_device != stream.tensor_device() {
+            return Err(Error::Device(format!(
+                "the session runs on {stream:?}, but the model is on {model_device:?}; \
+                 move the model to {:?} or clear the session's stream",
+                stream.tensor_device()
+            )));
+        }
+        stream.enter().map(Some)
     }
 
     /// Checks a batch against the session's spec with a single host read;

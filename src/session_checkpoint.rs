@@ -348,5 +348,6 @@ fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session
         spec,
         state,
         resumed_from: Some(environment),
+        stream: None,
     })
 }

@@ -1038,6 +1038,39 @@ fn cpp_example() -> PathBuf {
     bin
 }
 
+/// The trainer's CUDA path (`-DMOTH_EXAMPLE_CUDA`: its own stream, handed
+/// to moth or made current, and the per-forward stream check) cannot run
+/// without a GPU, but it must keep compiling, warning-free, against the
+/// libtorch and CUDA runtime headers that `scripts/setup.sh` installs.
+#[test]
+fn cpp_example_cuda_path_compiles() {
+    let cuda = root().join(".cuda-include");
+    assert!(
+        cuda.join("crt/host_config.h").exists(),
+        "{} lacks the CUDA runtime headers: run ./scripts/setup.sh",
+        cuda.display()
+    );
+    let inc = libtorch_root().join("include");
+    let (ok, out, err) = run(Command::new("g++")
+        .args(["-std=c++17", "-fsyntax-only", "-D_GLIBCXX_USE_CXX11_ABI=1"])
+        .args(["-DMOTH_EXAMPLE_CUDA", "-Wall", "-Wextra", "-Werror"])
+        .arg("-isystem")
+        .arg(&inc)
+        .arg("-isystem")
+        .arg(inc.join("torch/csrc/api/include"))
+        .arg("-isystem")
+        .arg(&cuda)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-I")
+        .arg(root().join("bindings/cpp"))
+        .arg(root().join("examples/cpp/trainer.cpp")));
+    assert!(
+        ok,
+        "the CUDA path of trainer.cpp does not compile:\n{out}{err}"
+    );
+}
+
 #[test]
 fn cpp_example_runs() {
     let t = Instant::now();
@@ -1292,6 +1325,18 @@ fn null_pointers_are_refused_with_their_own_status() {
             (
                 moth_session_set_cuda_stream(null_mut(), 0, null_mut()),
                 "session",
+            ),
+            (
+                moth_session_cuda_stream(null(), &mut 0, &mut null_mut()),
+                "session",
+            ),
+            (
+                moth_session_cuda_stream(s, null_mut(), &mut null_mut()),
+                "out_device",
+            ),
+            (
+                moth_session_cuda_stream(s, &mut 0, null_mut()),
+                "out_stream",
             ),
             (moth_buffer_data(null(), &mut null(), &mut n), "buffer"),
             (moth_session_save(null(), path.as_ptr()), "session"),
@@ -2225,20 +2270,48 @@ fn checkpoints_round_trip_through_files_and_buffers() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// The session's stream as the C getter reports it.
+fn stream_of(s: *const moth_session) -> (i32, usize) {
+    let (mut device, mut stream) = (7, 0x40 as *mut c_void);
+    // SAFETY: live session, valid out-pointers.
+    let st = unsafe { moth_session_cuda_stream(s, &mut device, &mut stream) };
+    assert_eq!(st, S::Ok);
+    (device, stream as usize)
+}
+
 #[test]
-fn cuda_streams_are_unsupported_with_a_reason() {
+fn cuda_streams_without_cuda_are_unsupported_and_change_nothing() {
+    if moth::device::cuda_device_count() > 0 {
+        eprintln!("CUDA present: the stream path is checked by the C++ trainer instead");
+        return;
+    }
     let s = session(QUICK);
-    // SAFETY: live session.
+    let clf = classifier();
+    let (x, y) = batch(4, 1);
+    // SAFETY: live session; the stream value is never dereferenced.
     unsafe {
-        let st = moth_session_set_cuda_stream(s, 0, null_mut());
+        assert_eq!(stream_of(s), (-1, 0));
+        let fake_stream = 0x1000 as *mut c_void;
+        let st = moth_session_set_cuda_stream(s, 0, fake_stream);
         assert_eq!(st, S::Unsupported);
         let msg = session_error(s);
-        if moth::device::cuda_device_count() == 0 {
-            assert!(msg.contains("CUDA is not available"), "{msg}");
-        } else {
-            assert!(msg.contains("CUDAStreamGuard"), "{msg}");
-        }
+        assert!(
+            msg.contains("CUDA streams") && msg.contains("libtorch_cuda.so"),
+            "{msg}"
+        );
+        assert_eq!(stream_of(s), (-1, 0), "a refused stream must not be kept");
+        // A negative device is an argument error whatever the machine.
+        let st = moth_session_set_cuda_stream(s, -1, fake_stream);
+        assert_eq!(st, S::InvalidArgument);
+        assert!(session_error(s).contains("device must be >= 0"));
+        // NULL clears the setting, which is always possible.
+        assert_eq!(moth_session_set_cuda_stream(s, 0, null_mut()), S::Ok);
+        assert_eq!(stream_of(s), (-1, 0));
+        // The session still hardens on the thread's current stream.
+        assert_eq!(harden(s, clf, &x, &y), S::Ok);
+        assert_eq!(step_of(s), 1);
         moth_session_free(s);
+        moth_classifier_free(clf);
     }
 }
 

@@ -394,6 +394,23 @@ class Session {
     /// Message of the last failed call on this session.
     std::string last_error() const { return detail::session_error(raw_); }
 
+    /// Runs each `harden` call on `stream` (a cudaStream_t, e.g.
+    /// `c10::cuda::CUDAStream::stream()`) of CUDA device `device`, restoring
+    /// the caller's current stream afterwards; `stream == nullptr` clears it.
+    /// Throws with MOTH_STATUS_UNSUPPORTED in a process without CUDA. Not
+    /// saved in checkpoints: set it again after loading a session.
+    void set_cuda_stream(int32_t device, void *stream) {
+        check(moth_session_set_cuda_stream(raw_, device, stream), raw_);
+    }
+    /// The stream set with set_cuda_stream: {device, cudaStream_t}, or
+    /// {-1, nullptr} when none is set.
+    std::pair<int32_t, void *> cuda_stream() const {
+        int32_t device = -1;
+        void *stream = nullptr;
+        check(moth_session_cuda_stream(raw_, &device, &stream), raw_);
+        return {device, stream};
+    }
+
     using LogFn = std::function<void(moth_log_level, const char *)>;
     /// Routes the session's log messages to `fn` (empty: none).
     void set_log(LogFn fn) {

@@ -7,13 +7,23 @@
 // back to the input), trains on the stamped batch, reports clean accuracy
 // when the session asks (restoring the last good weights if the drop is too
 // large), and halfway checkpoints session + model + optimiser and resumes
-// from the files. On a CUDA machine it runs on a non-default CUDA stream of
-// its own: moth calls libtorch on this thread, so moth's kernels follow the
-// stream made current by the CUDAStreamGuard.
+// from the files.
+//
+// Built with MOTH_EXAMPLE_CUDA on a CUDA machine, it trains on a non-default
+// CUDA stream of its own and puts moth on it too, in one of two ways:
+//   --stream session  (default) hands the stream to the session
+//                     (moth_session_set_cuda_stream); moth makes it current
+//                     for each harden call and restores ours afterwards;
+//   --stream current  makes the stream current for the whole run
+//                     (CUDAStreamGuard); moth runs on the caller's current
+//                     stream, so it needs no call at all.
+// Either way the forward callback checks, on every forward pass moth makes,
+// that the current stream is the trainer's, and the run fails otherwise.
 //
 // Build: see examples/README.md (pkg-config moth, or CMake).
 // Run:   ./trainer [--data DIR] [--train N] [--test N] [--pretrain-epochs E]
 //                  [--steps S] [--batch B] [--checkpoint PREFIX] [--cpu]
+//                  [--stream session|current]
 #include <torch/torch.h>
 
 #include <zlib.h>
@@ -22,6 +32,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -125,12 +136,79 @@ const char *phase_name(moth_phase_kind k) {
     return "?";
 }
 
+#ifdef MOTH_EXAMPLE_CUDA
+using StreamScope = c10::cuda::OptionalCUDAStreamGuard;
+#else
+struct StreamScope {};
+#endif
+
+// The trainer's CUDA stream, and a tally of which stream moth's forward
+// passes ran on. Without MOTH_EXAMPLE_CUDA, or on a CPU, it does nothing.
+struct Streams {
+#ifdef MOTH_EXAMPLE_CUDA
+    std::optional<c10::cuda::CUDAStream> own;
+    bool hand_to_moth = true;
+    int64_t on = 0, off = 0;
+#endif
+
+    // Makes our stream current for the trainer's own work until the scope
+    // is dropped. In --stream current mode it is current for the whole run
+    // already, and on a CPU there is nothing to do: no scope.
+    std::unique_ptr<StreamScope> scope() const {
+#ifdef MOTH_EXAMPLE_CUDA
+        if (own && hand_to_moth) return std::make_unique<StreamScope>(own->unwrap());
+#endif
+        return nullptr;
+    }
+
+    // Gives the session our stream (--stream session); again after a resume,
+    // since checkpoints do not carry it.
+    void hand_to(moth::Session &session) const {
+#ifdef MOTH_EXAMPLE_CUDA
+        if (own && hand_to_moth) session.set_cuda_stream(own->device_index(), own->stream());
+#else
+        (void)session;
+#endif
+    }
+
+    // Called inside moth's forward passes.
+    void note_forward() {
+#ifdef MOTH_EXAMPLE_CUDA
+        if (own) (c10::cuda::getCurrentCUDAStream(own->device_index()) == *own ? on : off)++;
+#endif
+    }
+
+    // After a harden call in --stream session mode the caller's stream (the
+    // default one, outside our scopes) must be current again.
+    void check_restored() const {
+#ifdef MOTH_EXAMPLE_CUDA
+        if (own && hand_to_moth &&
+            c10::cuda::getCurrentCUDAStream(own->device_index()) !=
+                c10::cuda::getDefaultCUDAStream(own->device_index()))
+            throw std::runtime_error("moth left its stream current after harden");
+#endif
+    }
+
+    // Prints the tally; false when a forward pass ran elsewhere.
+    bool report() const {
+#ifdef MOTH_EXAMPLE_CUDA
+        if (own) {
+            std::cout << "stream check: " << on << " of " << (on + off)
+                      << " moth forward passes ran on the trainer's stream " << *own << "\n";
+            return off == 0 && on > 0;
+        }
+#endif
+        return true;
+    }
+};
+
 } // namespace
 
 int main(int argc, char **argv) try {
     std::string dir = "/usr/share/datasets/fashion-mnist", prefix = "trainer-ckpt";
     int64_t n_train = 2000, n_test = 500, batch = 64, pretrain_epochs = 2, steps = 16;
     bool force_cpu = false;
+    std::string stream_mode = "session";
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -145,6 +223,7 @@ int main(int argc, char **argv) try {
         else if (a == "--steps") steps = std::stoll(next());
         else if (a == "--checkpoint") prefix = next();
         else if (a == "--cpu") force_cpu = true;
+        else if (a == "--stream") stream_mode = next();
         else throw std::runtime_error("unknown argument " + a);
     }
 
@@ -152,19 +231,26 @@ int main(int argc, char **argv) try {
     std::cout << "moth " << moth::version() << ", libtorch " << TORCH_VERSION << "\n";
     torch::manual_seed(0);
 
+    if (stream_mode != "session" && stream_mode != "current")
+        throw std::runtime_error("--stream must be session or current");
     torch::Device device(torch::kCPU);
     moth_device mdev = moth::cpu();
+    Streams streams;
 #ifdef MOTH_EXAMPLE_CUDA
-    // Lives until main returns: every kernel below, ours and moth's (moth
-    // runs libtorch on this thread), is queued on the stream it makes current.
-    c10::cuda::OptionalCUDAStreamGuard stream_guard;
+    // --stream current: lives until main returns, so every kernel below,
+    // ours and moth's (moth runs libtorch on this thread), is queued on it.
+    c10::cuda::OptionalCUDAStreamGuard whole_run;
     if (!force_cpu && torch::cuda::is_available()) {
         device = torch::Device(torch::kCUDA, 0);
         mdev = moth::cuda(0);
-        c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, 0);
-        stream_guard.reset_stream(stream);
-        std::cout << "CUDA: running on non-default stream " << stream << " (default "
-                  << c10::cuda::getDefaultCUDAStream(0) << ")\n";
+        streams.own = c10::cuda::getStreamFromPool(false, 0);
+        streams.hand_to_moth = stream_mode == "session";
+        if (!streams.hand_to_moth) whole_run.reset_stream(*streams.own);
+        std::cout << "CUDA: trainer stream " << *streams.own << " (default "
+                  << c10::cuda::getDefaultCUDAStream(0) << "), given to moth "
+                  << (streams.hand_to_moth ? "with moth_session_set_cuda_stream"
+                                           : "as the thread's current stream")
+                  << "\n";
     }
 #else
     (void)force_cpu;
@@ -173,6 +259,7 @@ int main(int argc, char **argv) try {
 
     Data train = load(dir, "train", n_train), test = load(dir, "t10k", n_test);
     Net net;
+    auto setup_scope = streams.scope();
     net->to(device);
 
     // Plain pre-training so that the model has something to harden.
@@ -196,7 +283,10 @@ int main(int argc, char **argv) try {
 
     // moth sees the model through a forward callback: our module, unchanged.
     auto classifier = moth::Classifier::from_forward(
-        [&net](const at::Tensor &x) { return net->forward(x); },
+        [&net, &streams](const at::Tensor &x) {
+            streams.note_forward();
+            return net->forward(x);
+        },
         [&net](bool train) { net->train(train); }, mdev);
 
     moth::Config config(R"({"seed": 7, "accuracy_every": 4, "period": 2, "portion": 0.5,
@@ -207,6 +297,7 @@ int main(int argc, char **argv) try {
     session->set_log([](moth_log_level level, const char *m) {
         if (level <= MOTH_LOG_LEVEL_WARN) std::cerr << "[moth] " << m << "\n";
     });
+    streams.hand_to(*session);
 
     torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
     auto good = snapshot(net);
@@ -214,9 +305,13 @@ int main(int argc, char **argv) try {
     int64_t offset = 0;
     bool resumed = false;
     auto t0 = std::chrono::steady_clock::now();
+    // From here the trainer's own work opens its stream scope where it needs
+    // one, so that moth's calls run outside them.
+    setup_scope.reset();
 
     while (true) {
         if (session->wants_accuracy()) {
+            auto scope = streams.scope();
             double acc = accuracy(net, test, device);
             auto [verdict, drop] = session->report_accuracy(acc);
             std::cout << "accuracy " << acc << " verdict " << verdict << " drop " << drop << "\n";
@@ -233,16 +328,22 @@ int main(int argc, char **argv) try {
         }
         auto idx = perm.narrow(0, offset, batch);
         offset += batch;
-        auto x = train.images.index_select(0, idx).to(device);
-        auto y = train.labels.index_select(0, idx).to(device);
+        torch::Tensor x, y;
+        {
+            auto scope = streams.scope(); // the batch is made on our stream
+            x = train.images.index_select(0, idx).to(device);
+            y = train.labels.index_select(0, idx).to(device);
+        }
 
         auto stamped = session->harden(classifier, moth::Tensor(x), moth::Tensor(y));
+        streams.check_restored();
         if (!stamped) {
             if (session->is_done()) break;
             continue; // an accuracy report is due: handled at the loop's top
         }
         auto xs = stamped->to_at();
 
+        auto scope = streams.scope(); // moth produced xs on our stream too
         net->train();
         opt.zero_grad();
         auto loss = torch::nn::functional::cross_entropy(net->forward(xs), y);
@@ -275,6 +376,7 @@ int main(int argc, char **argv) try {
             torch::load(net, prefix + ".model.pt");
             torch::load(opt, prefix + ".optim.pt");
             net->to(device);
+            streams.hand_to(*session);
             std::cout << "checkpoint: saved at step " << at << ", resumed at step "
                       << session->step() << "\n";
             resumed = true;
@@ -282,12 +384,14 @@ int main(int argc, char **argv) try {
     }
 
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto scope = streams.scope();
     auto count = session->matrix(MOTH_MATRIX_COUNT);
     double pairs = 0;
     for (double c : count) pairs += c;
     std::cout << "session done at step " << session->step() << " (" << secs << " s), "
               << pairs / 2 << " pairs chosen, final test accuracy "
               << accuracy(net, test, device) << "\n";
+    if (!streams.report()) return 1;
     std::cout << "ok\n";
     return 0;
 } catch (const moth::Error &e) {

@@ -14,10 +14,10 @@ use super::config::{moth_config, write_json};
 use super::log::{moth_free_fn, moth_log_fn, moth_log_level, LogSink};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
 use super::tensor::moth_tensor;
-use crate::device::cuda_device_count;
 use crate::session::{
     AccuracyVerdict, DirectionReport, DoneReason, Phase, Session, SessionSpec, StepReport,
 };
+use crate::stream::CudaStream;
 
 /// What the session's next step does (`moth_phase.kind`).
 #[repr(i32)]
@@ -731,22 +731,28 @@ pub unsafe extern "C" fn moth_session_set_log_callback(
     })
 }
 
-/// Asks the session to run its libtorch work on the CUDA stream
-/// `cuda_stream` (a `cudaStream_t`) of device `device`.
+/// Runs this session's hardening work on the caller's CUDA stream
+/// `cuda_stream` (a `cudaStream_t`) of CUDA device `device`: for the
+/// duration of each `moth_session_harden_batch` call, moth makes that stream
+/// and device current on the calling thread (so every moth kernel, and every
+/// forward pass of a callback classifier, runs on it), then restores the
+/// stream and device that were current before, whether the call succeeded
+/// or not. `cuda_stream == NULL` clears the setting: calls then run on the
+/// calling thread's current stream, so a C++ trainer inside its own
+/// `c10::cuda::CUDAStreamGuard` needs no call at all.
 ///
-/// Not implemented in this build: it always returns
-/// `MOTH_STATUS_UNSUPPORTED`. On a machine without CUDA that is the only
-/// possible answer. With CUDA, the mechanism would be libtorch's
-/// `c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromExternal(stream,
-/// device))` around each call, restoring the previous stream afterwards;
-/// the tch 0.24 binding moth uses exposes neither function (nor any stream
-/// API), so moth cannot do it without a C++ shim of its own.
+/// The caller keeps the stream alive while the session may use it. The
+/// hardened batch is produced on the stream: work on the same stream may use
+/// it at once, work on another stream must wait for it (an event). The
+/// classifier must live on `cuda:<device>`
+/// (`MOTH_STATUS_DEVICE` from `moth_session_harden_batch` otherwise). The
+/// setting belongs to this process and is not saved in checkpoints: set it
+/// again after `moth_session_load`/`moth_session_from_buffer`.
 ///
-/// What works instead: moth calls libtorch synchronously on the caller's
-/// thread, so libtorch uses that thread's current CUDA stream. A C++
-/// trainer that makes its stream current before calling moth (e.g.
-/// `c10::cuda::CUDAStreamGuard guard(stream);` around the
-/// `moth_session_harden_batch` call) gets every moth kernel on its stream.
+/// Returns `MOTH_STATUS_UNSUPPORTED` in a process without CUDA (CPU-only
+/// libtorch or machine) and `MOTH_STATUS_DEVICE` for a device that does not
+/// exist or a handle that cannot be a stream (`cudaStreamLegacy`,
+/// `cudaStreamPerThread`, a misaligned value); the setting is then unchanged.
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_session_set_cuda_stream(
@@ -756,20 +762,37 @@ pub unsafe extern "C" fn moth_session_set_cuda_stream(
 ) -> moth_status {
     ffi_boundary!("moth_session_set_cuda_stream", session = session, {
         let s = arg(session, "session")?;
-        let _st = s.state.lock()?;
-        let _ = cuda_stream;
-        if cuda_device_count() == 0 {
-            return Err(FfiError::new(
-                moth_status::Unsupported,
-                format!("CUDA stream for device {device}: CUDA is not available in this process"),
-            ));
-        }
-        Err(FfiError::new(
-            moth_status::Unsupported,
-            "per-session CUDA streams are not implemented (the tch binding has no stream API); \
-             make your stream current on the calling thread (c10::cuda::CUDAStreamGuard) \
-             instead: moth runs libtorch on the caller's thread and current stream",
-        ))
+        let mut st = s.state.lock()?;
+        let stream = if cuda_stream.is_null() {
+            None
+        } else {
+            let device = usize::try_from(device)
+                .map_err(|_| FfiError::invalid(format!("device must be >= 0, got {device}")))?;
+            Some(CudaStream::external(device, cuda_stream)?)
+        };
+        st.session.set_cuda_stream(stream);
+        Ok(())
+    })
+}
+
+/// Writes the stream set with `moth_session_set_cuda_stream`: its device and
+/// `cudaStream_t`, or `-1` and `NULL` when none is set (calls then run on the
+/// calling thread's current stream).
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_session_cuda_stream(
+    session: *const moth_session,
+    out_device: *mut i32,
+    out_stream: *mut *mut c_void,
+) -> moth_status {
+    ffi_boundary!("moth_session_cuda_stream", session = session, {
+        init_out(out_stream);
+        let o = out(out_stream, "out_stream")?;
+        read_into(session, out_device, "out_device", |s| {
+            let stream = s.cuda_stream();
+            *o = stream.map_or(std::ptr::null_mut(), |st| st.handle());
+            Ok(stream.map_or(-1, |st| st.device() as i32))
+        })
     })
 }
 

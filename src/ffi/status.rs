@@ -67,8 +67,8 @@ pub enum moth_status {
     /// The object is in use by a call further up this thread's stack (for
     /// example a callback calling back into the session that invoked it).
     Busy = -20,
-    /// The operation is not supported by this build or machine (CUDA on a
-    /// machine without CUDA, CUDA streams with this libtorch binding).
+    /// The operation is not supported by this build or machine (CUDA or
+    /// CUDA streams in a process without CUDA).
     Unsupported = -21,
 }
 
@@ -183,6 +183,7 @@ impl From<Error> for FfiError {
             Error::Format { .. } => moth_status::Format,
             Error::Checkpoint(_) => moth_status::Checkpoint,
             Error::Device(_) => moth_status::Device,
+            Error::Unsupported(_) => moth_status::Unsupported,
             Error::Io { .. } => moth_status::Io,
             Error::Torch(_) => moth_status::Torch,
         };
