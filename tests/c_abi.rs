@@ -13,12 +13,12 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use moth::ffi::classifier::*;
 use moth::ffi::config::*;
@@ -29,13 +29,12 @@ use moth::ffi::tensor::*;
 use moth::ffi::version::*;
 use tch::{Device, Kind, Tensor};
 
+mod native;
+use native::*;
+
 type S = moth_status;
 
 // ---------------------------------------------------------------- helpers
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One libtorch thread in this test process: tests run two at a time on
 /// two cores, and OpenMP workers spinning against each other (or against
@@ -48,82 +47,7 @@ fn init() {
 
 /// Scratch folder for compiled examples, models and checkpoints.
 fn work_dir() -> PathBuf {
-    let d = root().join("target").join("c_abi");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The libtorch in use (its `include/` and `lib/`): $LIBTORCH, which
-/// .cargo/config.toml sets to .libtorch.
-fn libtorch_root() -> PathBuf {
-    let dir = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".libtorch"));
-    let dir = if dir.is_relative() {
-        root().join(dir)
-    } else {
-        dir
-    };
-    dir.canonicalize().unwrap_or(dir)
-}
-
-fn release_dir() -> PathBuf {
-    root().join("target").join("release")
-}
-
-/// The folder holding the newest `libmoth.so`: `cargo build --release`
-/// writes target/release/, while `cargo test --release` relinks the cdylib
-/// in target/release/deps/ without copying it up.
-fn lib_dir() -> PathBuf {
-    let candidates = [release_dir(), release_dir().join("deps")];
-    candidates
-        .iter()
-        .filter(|d| d.join("libmoth.so").exists())
-        .max_by_key(|d| mtime(&d.join("libmoth.so")))
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "no libmoth.so under {}: run `cargo build --release --lib`",
-                release_dir().display()
-            )
-        })
-}
-
-fn mtime(p: &Path) -> SystemTime {
-    std::fs::metadata(p)
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-/// Newest modification time of the files (recursively) under `dirs`.
-fn newest(paths: &[PathBuf]) -> SystemTime {
-    let mut best = SystemTime::UNIX_EPOCH;
-    for p in paths {
-        if p.is_dir() {
-            let children: Vec<PathBuf> = std::fs::read_dir(p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            best = best.max(newest(&children));
-        } else {
-            best = best.max(mtime(p));
-        }
-    }
-    best
-}
-
-/// The `libmoth.so` the examples link against. One older than src/ (another
-/// change is being built) is used anyway, with a warning: the test must not
-/// run cargo itself (cargo holds the build lock while tests run).
-fn libmoth() -> PathBuf {
-    let so = lib_dir().join("libmoth.so");
-    if mtime(&so) < newest(&[root().join("src")]) {
-        eprintln!(
-            "warning: {} is older than src/; run `cargo build --release --lib`",
-            so.display()
-        );
-    }
-    so
+    scratch_dir("c_abi")
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
@@ -710,43 +634,14 @@ fn header_compiles_as_c99_and_cpp17_alone_and_twice() {
 
 // ---------------------------------------------------------------- examples
 
-/// A TorchScript classifier for Fashion-MNIST (1x28x28 -> 10): moth's
-/// built-in CNN trained for one epoch on 2000 images, traced. Python is not
-/// needed; the C example loads it with moth_classifier_from_torchscript.
+/// The TorchScript Fashion-MNIST classifier the examples harden.
 fn example_model() -> PathBuf {
     init();
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL
         .get_or_init(|| {
             let path = work_dir().join("fmnist_cnn.pt");
-            if path.exists() {
-                return path;
-            }
-            use moth::data::{Dataset, Split};
-            use moth::model::{Arch, Classifier, Model};
-            use moth::train::{fit, Optimizer, OptimizerConfig};
-            tch::manual_seed(0);
-            let data = Dataset::fashion_mnist(None, Split::Train)
-                .unwrap()
-                .balanced_subset(200)
-                .unwrap();
-            let mut model = Model::builtin(Arch::Cnn28, 10, Device::Cpu).unwrap();
-            let mut opt = Optimizer::new(OptimizerConfig::pretraining(), &model).unwrap();
-            fit(&mut model, &mut opt, &data, 1, 64, 0, &mut |_, _, _, _| {}).unwrap();
-            model.set_train(false).unwrap();
-            // Traced weights become constants, which must not require grad.
-            for (_, p) in model.parameters() {
-                let _ = p.shallow_clone().set_requires_grad(false);
-            }
-            let probe = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
-            let traced =
-                tch::CModule::create_by_tracing("FashionCnn", "forward", &[probe], &mut |x| {
-                    vec![model.forward(&x[0]).unwrap()]
-                })
-                .unwrap();
-            let tmp = work_dir().join(format!("fmnist_cnn.{}.tmp", std::process::id()));
-            traced.save(&tmp).unwrap();
-            std::fs::rename(&tmp, &path).unwrap();
+            fashion_model(&path);
             path
         })
         .clone()

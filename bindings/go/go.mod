@@ -1,0 +1,3 @@
+module moth
+
+go 1.19

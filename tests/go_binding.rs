@@ -1,0 +1,231 @@
+//! The Go binding (`bindings/go`) and the Go example (`examples/go`),
+//! built with cgo against the freshly built `libmoth.so` and run here:
+//! `go test` on the package with a TorchScript model (no test may skip),
+//! `go vet` and `gofmt` on both, and the example on Fashion-MNIST.
+//!
+//! The Go toolchain runs offline and hermetically: no proxy, no module
+//! downloads (the binding has no dependencies), its build cache and
+//! temporary files under target/go_binding/, the user's Go settings
+//! ignored. `./scripts/setup.sh` installs Go (Debian's golang-go).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+mod native;
+use native::*;
+
+/// Scratch folder: the model, the Go caches, the example's binary.
+fn work_dir() -> PathBuf {
+    scratch_dir("go_binding")
+}
+
+/// The `go` command, or a failure that says how to get it: the binding is
+/// part of what CI checks, so a missing toolchain must not pass silently.
+fn go() -> &'static str {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let ok = Command::new("go")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "`go` is not on PATH: run ./scripts/setup.sh (it installs golang-go), \
+             or install Go 1.19 or later"
+        );
+    });
+    "go"
+}
+
+/// A `go` command in `dir` with an environment of our own: offline, caches
+/// under target/, cgo pointed at the freshly built library. The rpaths let
+/// the test binary find libmoth.so and, should libmoth.so's own rpath not
+/// reach it, libtorch.
+fn go_command(dir: &Path, args: &[&str]) -> Command {
+    let lib = lib_dir();
+    let torch = libtorch_root().join("lib");
+    let scratch = work_dir();
+    for sub in ["gocache", "gopath", "gotmp"] {
+        std::fs::create_dir_all(scratch.join(sub)).unwrap();
+    }
+    let mut cmd = Command::new(go());
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("GOTOOLCHAIN")
+        .env_remove("GOFLAGS")
+        .env_remove("GOROOT")
+        .env("GOENV", "off")
+        .env("GOWORK", "off")
+        .env("GO111MODULE", "on")
+        .env("GOPROXY", "off")
+        .env("GOSUMDB", "off")
+        .env("GOCACHE", scratch.join("gocache"))
+        .env("GOPATH", scratch.join("gopath"))
+        .env("GOTMPDIR", scratch.join("gotmp"))
+        .env("CGO_ENABLED", "1")
+        .env("CGO_CFLAGS", "-O2 -g")
+        .env(
+            "CGO_LDFLAGS",
+            format!(
+                "-L{lib} -Wl,-rpath,{lib} -Wl,-rpath,{torch}",
+                lib = lib.display(),
+                torch = torch.display()
+            ),
+        )
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Output, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// The TorchScript Fashion-MNIST classifier the Go tests harden, kept in
+/// target/go_binding/ across runs.
+fn fashion_model_path() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            tch::set_num_threads(1);
+            let path = work_dir().join("fmnist_cnn.pt");
+            fashion_model(&path);
+            path
+        })
+        .clone()
+}
+
+/// The tests of bindings/go/moth_test.go. Every one must run and pass: a
+/// skip (no model) or a test that disappeared fails this test.
+const GO_TESTS: &[&str] = &[
+    "TestVersionAndABI",
+    "TestStatusNamesAndKinds",
+    "TestConfig",
+    "TestTensors",
+    "TestLoadTorchScriptFailures",
+    "TestClassifierForwardSaveAndReload",
+    "TestHardenBatchAdvancesAndEndsAtTheStepBudget",
+    "TestAccuracyProtocol",
+    "TestFailedStepsCarryTheirStatusAndChangeNothing",
+    "TestCheckpointResumeIsBitExact",
+    "TestCorruptCheckpointsAreRefused",
+    "TestWarmupFillsThePriorMatrix",
+    "TestGoroutinesGetTheirOwnErrors",
+    "TestClosedHandlesFailCleanly",
+    "TestCUDAStream",
+];
+
+/// Names of the tests `go test -v` reports with `--- <verdict>: Name (..)`.
+fn reported(log: &str, verdict: &str) -> Vec<String> {
+    let prefix = format!("--- {verdict}: ");
+    log.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(&prefix))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn go_package_tests_pass_with_a_real_model() {
+    let model = fashion_model_path();
+    let dir = root().join("bindings").join("go");
+    let t = Instant::now();
+    let (out, log) = output(
+        go_command(
+            &dir,
+            &["test", "-v", "-count=1", "-timeout", "300s", "./..."],
+        )
+        .env("MOTH_TEST_MODEL", &model)
+        // Checks at run time that C keeps no Go pointer and gets none that
+        // point to Go pointers (cgo's rules); cheap at this size.
+        .env("GODEBUG", "cgocheck=2"),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    let passed = reported(&log, "PASS");
+    let skipped = reported(&log, "SKIP");
+    let failed = reported(&log, "FAIL");
+    println!(
+        "go test: {} passed, {} skipped, {} failed in {secs:.1} s (build included)",
+        passed.len(),
+        skipped.len(),
+        failed.len()
+    );
+    assert!(out.status.success(), "go test failed:\n{log}");
+    assert!(skipped.is_empty(), "Go tests skipped: {skipped:?}\n{log}");
+    let missing: Vec<&&str> = GO_TESTS
+        .iter()
+        .filter(|name| !passed.iter().any(|p| p == *name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "Go tests that did not run and pass: {missing:?}\n{log}"
+    );
+    assert!(log.contains("\nok  \tmoth\t"), "{log}");
+}
+
+#[test]
+fn go_sources_are_vetted_and_formatted() {
+    for dir in [root().join("bindings/go"), root().join("examples/go")] {
+        let (out, log) = output(&mut go_command(&dir, &["vet", "./..."]));
+        assert!(
+            out.status.success(),
+            "go vet in {} failed:\n{log}",
+            dir.display()
+        );
+    }
+    let (out, goroot) = output(&mut go_command(&root(), &["env", "GOROOT"]));
+    assert!(out.status.success(), "go env GOROOT: {goroot}");
+    let gofmt = Path::new(goroot.trim()).join("bin").join("gofmt");
+    let (out, log) = output(
+        Command::new(&gofmt)
+            .arg("-l")
+            .arg(root().join("bindings/go"))
+            .arg(root().join("examples/go")),
+    );
+    assert!(out.status.success(), "{} failed: {log}", gofmt.display());
+    assert!(log.trim().is_empty(), "files gofmt would change:\n{log}");
+}
+
+#[test]
+fn go_example_hardens_fashion_mnist() {
+    let model = fashion_model_path();
+    let dir = root().join("examples").join("go");
+    let bin = work_dir().join("harden-go");
+    let (out, log) = output(go_command(&dir, &["build", "-o"]).arg(&bin).arg("."));
+    assert!(out.status.success(), "building examples/go failed:\n{log}");
+    let t = Instant::now();
+    let (out, log) = output(
+        Command::new(&bin)
+            .env("OMP_NUM_THREADS", "1")
+            .arg("-model")
+            .arg(&model)
+            .args(["-images", "400", "-batch", "64", "-steps", "14"]),
+    );
+    println!("{log}\n({:.1} s)", t.elapsed().as_secs_f64());
+    assert!(out.status.success(), "the Go example failed:\n{log}");
+    for needle in [
+        "moth 0.",
+        "loaded 400 Fashion-MNIST images",
+        "accuracy ",
+        ": baseline (drop 0.0000)",
+        "step 0 warmup target 0 | -1->0 size",
+        "step 9 warmup target 9",
+        "step 10 orthogonalize pair ",
+        "resumed at step 7",
+        "step 13 orthogonalize",
+        "session done after 14 steps (step budget)",
+        "pairs chosen",
+        "\nok\n",
+    ] {
+        assert!(log.contains(needle), "output lacks '{needle}':\n{log}");
+    }
+}

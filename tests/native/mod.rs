@@ -1,0 +1,131 @@
+//! What the tests that build native programs against `libmoth.so` share
+//! (tests/c_abi.rs, tests/go_binding.rs): where the repository, libtorch and
+//! the freshly built library are, and a TorchScript model to harden.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tch::{Device, Kind, Tensor};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The libtorch in use (its `include/` and `lib/`): $LIBTORCH, which
+/// .cargo/config.toml sets to .libtorch.
+pub fn libtorch_root() -> PathBuf {
+    let dir = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".libtorch"));
+    let dir = if dir.is_relative() {
+        root().join(dir)
+    } else {
+        dir
+    };
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// `target/release`.
+pub fn release_dir() -> PathBuf {
+    root().join("target").join("release")
+}
+
+/// A scratch folder under target/ for one test binary's products.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = root().join("target").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Newest modification time of the files (recursively) under `paths`.
+pub fn newest(paths: &[PathBuf]) -> SystemTime {
+    let mut best = SystemTime::UNIX_EPOCH;
+    for p in paths {
+        if p.is_dir() {
+            let children: Vec<PathBuf> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            best = best.max(newest(&children));
+        } else {
+            best = best.max(mtime(p));
+        }
+    }
+    best
+}
+
+/// The folder holding the newest `libmoth.so`: `cargo build --release`
+/// writes target/release/, while `cargo test --release` relinks the cdylib
+/// in target/release/deps/ without copying it up.
+pub fn lib_dir() -> PathBuf {
+    let candidates = [release_dir(), release_dir().join("deps")];
+    candidates
+        .iter()
+        .filter(|d| d.join("libmoth.so").exists())
+        .max_by_key(|d| mtime(&d.join("libmoth.so")))
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no libmoth.so under {}: run `cargo build --release --lib`",
+                release_dir().display()
+            )
+        })
+}
+
+/// The `libmoth.so` native programs link against. One older than src/
+/// (another change is being built) is used anyway, with a warning: a test
+/// must not run cargo itself (cargo holds the build lock while tests run).
+pub fn libmoth() -> PathBuf {
+    let so = lib_dir().join("libmoth.so");
+    if mtime(&so) < newest(&[root().join("src")]) {
+        eprintln!(
+            "warning: {} is older than src/; run `cargo build --release --lib`",
+            so.display()
+        );
+    }
+    so
+}
+
+/// A TorchScript classifier for Fashion-MNIST (1x28x28 -> 10 logits) at
+/// `path`, made once and kept: moth's built-in CNN trained for one epoch on
+/// 2000 images, then traced (no Python needed).
+pub fn fashion_model(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    use moth::data::{Dataset, Split};
+    use moth::model::{Arch, Classifier, Model};
+    use moth::train::{fit, Optimizer, OptimizerConfig};
+    tch::manual_seed(0);
+    let data = Dataset::fashion_mnist(None, Split::Train)
+        .unwrap()
+        .balanced_subset(200)
+        .unwrap();
+    let mut model = Model::builtin(Arch::Cnn28, 10, Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(OptimizerConfig::pretraining(), &model).unwrap();
+    fit(&mut model, &mut opt, &data, 1, 64, 0, &mut |_, _, _, _| {}).unwrap();
+    model.set_train(false).unwrap();
+    // Traced weights become constants, which must not require gradients.
+    for (_, p) in model.parameters() {
+        let _ = p.shallow_clone().set_requires_grad(false);
+    }
+    let probe = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let traced = tch::CModule::create_by_tracing("FashionCnn", "forward", &[probe], &mut |x| {
+        vec![model.forward(&x[0]).unwrap()]
+    })
+    .unwrap();
+    // Written aside and renamed, so that a run killed halfway leaves no
+    // truncated model for the next one.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    traced.save(&tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
