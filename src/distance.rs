@@ -152,12 +152,12 @@ pub fn measure(
     cfg.validate()?;
     let n = data.num_classes();
     if n < 2 {
-        return Err(Error::Input("distance needs at least two classes".into()));
+        return Err(Error::input("distance needs at least two classes"));
     }
     let start = Instant::now();
     let by_class = per_class_indices(&data.labels_vec(), n, usize::MAX);
     if let Some(empty) = by_class.iter().position(|v| v.is_empty()) {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "class {} ({}) has no sample",
             empty, data.classes[empty]
         )));

@@ -10,9 +10,10 @@ pub enum Error {
     /// A configuration value is out of its allowed range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Input data (a batch, labels, a tensor) does not fit what was expected.
+    /// Input data (a batch, labels, a tensor) does not fit what was expected;
+    /// [`InputError::kind`] says in which way.
     #[error("invalid input: {0}")]
-    Input(String),
+    Input(InputError),
     /// The call is not allowed in the session's current phase.
     #[error("wrong phase: {0}")]
     Phase(String),
@@ -48,6 +49,34 @@ pub enum Error {
     Torch(#[from] tch::TchError),
 }
 
+/// In which way input data was wrong, for callers that react differently
+/// (the C ABI gives each its own status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A tensor has the wrong shape (or the batch is empty).
+    WrongShape,
+    /// A tensor has the wrong element type.
+    WrongDtype,
+    /// A label is outside `[0, num_classes)`.
+    LabelOutOfRange,
+    /// Values outside their domain: NaN or infinite, pixels outside
+    /// `[0, 1]`, an accuracy outside `[0, 1]`.
+    InvalidValue,
+    /// Anything else.
+    Other,
+}
+
+/// The payload of [`Error::Input`]: what kind of problem, and a message
+/// that names the values concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    /// In which way the input was wrong.
+    pub kind: InputKind,
+    /// What was wrong, with the offending values.
+    pub message: String,
+}
+
 /// Result alias used across moth.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -58,6 +87,19 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    /// An input error of no more precise kind.
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::input_of(InputKind::Other, message)
+    }
+
+    /// An input error of the given kind.
+    pub fn input_of(kind: InputKind, message: impl Into<String>) -> Self {
+        Error::Input(InputError {
+            kind,
+            message: message.into(),
+        })
     }
 
     /// A parse error located in a file.

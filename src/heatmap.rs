@@ -93,26 +93,26 @@ const RDBU: [[f64; 3]; 5] = [
 fn validate(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<()> {
     let n = matrix.len();
     if n == 0 {
-        return Err(Error::Input("heatmap: the matrix is empty".into()));
+        return Err(Error::input("heatmap: the matrix is empty"));
     }
     if let Some((i, row)) = matrix.iter().enumerate().find(|(_, r)| r.len() != n) {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "heatmap: the matrix is not square: row {i} has {} entries, expected {n}",
             row.len()
         )));
     }
     if spec.labels.len() != n {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "heatmap: {} labels for a {n}x{n} matrix",
             spec.labels.len()
         )));
     }
     if spec.cell_px == 0 {
-        return Err(Error::Input("heatmap: cell_px must be at least 1".into()));
+        return Err(Error::input("heatmap: cell_px must be at least 1"));
     }
     let grid = n as u64 * u64::from(spec.cell_px);
     if grid > MAX_GRID_PX {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "heatmap: {n} cells of {} px make a {grid} px grid, more than {MAX_GRID_PX}",
             spec.cell_px
         )));
@@ -588,7 +588,7 @@ fn draw(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Canvas {
 
 fn encode(cv: &Canvas) -> Result<Vec<u8>> {
     let png_err =
-        |e: png::EncodingError| Error::Input(format!("heatmap: PNG encoding failed: {e}"));
+        |e: png::EncodingError| Error::input(format!("heatmap: PNG encoding failed: {e}"));
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, cv.w as u32, cv.h as u32);

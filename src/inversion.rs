@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::config::{InversionBudget, InversionConfig};
+use crate::error::InputKind;
 use crate::model::Classifier;
 use crate::trigger::{from_param, stamp, to_param, Trigger};
 use crate::{Error, Result};
@@ -140,14 +141,14 @@ impl Layout {
         let mut counts = Vec::with_capacity(task.directions.len());
         for d in &task.directions {
             let n = *set_sizes.get(d.set).ok_or_else(|| {
-                Error::Input(format!(
+                Error::input(format!(
                     "direction names sample set {} of {}",
                     d.set,
                     set_sizes.len()
                 ))
             })?;
             if n == 0 {
-                return Err(Error::Input(format!("sample set {} is empty", d.set)));
+                return Err(Error::input(format!("sample set {} is empty", d.set)));
             }
             offsets.push(set_sizes[..d.set].iter().sum());
             counts.push(n);
@@ -272,7 +273,7 @@ fn initial_values(
                 patterns.push(t.pattern.f_to_device(device)?);
             }
             Some(t) => {
-                return Err(Error::Input(format!(
+                return Err(Error::input(format!(
                     "initial trigger for {:?} inputs, task has {:?}",
                     t.input_shape(),
                     shape
@@ -329,16 +330,16 @@ fn validate_task(task: &InversionTask) -> Result<[i64; 3]> {
     let first = task
         .sets
         .first()
-        .ok_or_else(|| Error::Input("inversion task has no sample set".into()))?;
+        .ok_or_else(|| Error::input("inversion task has no sample set"))?;
     let s = first.size();
     if s.len() != 4 {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "sample sets must be [n, C, H, W], got {s:?}"
         )));
     }
     for set in task.sets {
         if set.size()[1..] != s[1..] {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "sample sets disagree on shape: {:?} vs {:?}",
                 set.size(),
                 s
@@ -346,7 +347,7 @@ fn validate_task(task: &InversionTask) -> Result<[i64; 3]> {
         }
     }
     if task.directions.is_empty() {
-        return Err(Error::Input("inversion task has no direction".into()));
+        return Err(Error::input("inversion task has no direction"));
     }
     Ok([s[1], s[2], s[3]])
 }
@@ -461,8 +462,9 @@ pub fn invert(
         for i in 0..k as usize {
             let reached = asr[i] >= task.budget.asr_bound;
             if !l1[i].is_finite() {
-                return Err(Error::Input(
-                    "inversion diverged: non-finite mask (NaN in model outputs?)".into(),
+                return Err(Error::input_of(
+                    InputKind::InvalidValue,
+                    "inversion diverged: non-finite mask (NaN in model outputs?)",
                 ));
             }
             if reached && l1[i] < best_l1[i] {

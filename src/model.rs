@@ -216,7 +216,7 @@ impl Model {
     /// `tch::manual_seed` first for reproducibility).
     pub fn builtin(arch: Arch, num_classes: i64, device: Device) -> Result<Self> {
         if num_classes < 2 {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "a classifier needs at least 2 classes, got {num_classes}"
             )));
         }
@@ -277,7 +277,7 @@ impl Model {
     ) -> Result<(Self, Vec<String>)> {
         if path.extension().is_some_and(|e| e == "pt" || e == "pth") {
             let shape = input_shape.ok_or_else(|| {
-                Error::Input(format!(
+                Error::input(format!(
                     "{}: a TorchScript model needs its input shape",
                     path.display()
                 ))
@@ -434,7 +434,7 @@ pub fn accuracy(
     model.set_train(false)?;
     let n = images.size()[0];
     if n == 0 {
-        return Err(Error::Input("accuracy of an empty set".into()));
+        return Err(Error::input("accuracy of an empty set"));
     }
     let device = model.device();
     let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;

@@ -126,7 +126,7 @@ impl<'a> HardenRun<'a> {
         if train.input_shape() != model.input_shape()
             || train.num_classes() as i64 != model.num_classes()
         {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "model ({:?}, {} classes) does not match the data ({:?}, {} classes)",
                 model.input_shape(),
                 model.num_classes(),

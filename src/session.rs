@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor};
 use crate::bounds::{Bounds, BoundsConfig};
 use crate::cache::TriggerCache;
 use crate::config::{InversionBudget, InversionConfig};
+use crate::error::InputKind;
 use crate::inversion::DirectionOutcome;
 use crate::model::Classifier;
 use crate::scheduler::{Pair, Scheduler, SchedulerConfig};
@@ -439,9 +440,10 @@ impl Session {
             ));
         }
         if !(accuracy.is_finite() && (0.0..=1.0).contains(&accuracy)) {
-            return Err(Error::Input(format!(
-                "accuracy must be in [0, 1], got {accuracy}"
-            )));
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                format!("accuracy must be in [0, 1], got {accuracy}"),
+            ));
         }
         let acc = &mut self.state.accuracy;
         acc.pending = false;
@@ -555,34 +557,34 @@ impl Session {
         let [c, h, w] = self.spec.input_shape;
         let xs = x.size();
         if xs.len() != 4 || xs[1..] != [c, h, w] {
-            return Err(Error::Input(format!(
-                "batch must be [n, {c}, {h}, {w}], got {xs:?}"
-            )));
+            return Err(Error::input_of(
+                InputKind::WrongShape,
+                format!("batch must be [n, {c}, {h}, {w}], got {xs:?}"),
+            ));
         }
         if xs[0] == 0 {
-            return Err(Error::Input("batch is empty".into()));
+            return Err(Error::input_of(InputKind::WrongShape, "batch is empty"));
         }
         if !x.is_floating_point() {
-            return Err(Error::Input(format!(
-                "batch must hold floating-point pixels, got {:?}",
-                x.kind()
-            )));
+            return Err(Error::input_of(
+                InputKind::WrongDtype,
+                format!("batch must hold floating-point pixels, got {:?}", x.kind()),
+            ));
         }
         if y.size() != [xs[0]] {
-            return Err(Error::Input(format!(
-                "labels must be [{}], got {:?}",
-                xs[0],
-                y.size()
-            )));
+            return Err(Error::input_of(
+                InputKind::WrongShape,
+                format!("labels must be [{}], got {:?}", xs[0], y.size()),
+            ));
         }
         if !matches!(
             y.kind(),
             Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
         ) {
-            return Err(Error::Input(format!(
-                "labels must be integers, got {:?}",
-                y.kind()
-            )));
+            return Err(Error::input_of(
+                InputKind::WrongDtype,
+                format!("labels must be integers, got {:?}", y.kind()),
+            ));
         }
         let finite = x.f_isfinite()?.f_all()?.f_to_kind(Kind::Double)?;
         let stats = Tensor::f_stack(
@@ -599,20 +601,27 @@ impl Session {
         )?;
         let stats = Vec::<f64>::try_from(&stats)?;
         if stats[0] != 1.0 {
-            return Err(Error::Input("batch holds NaN or infinite values".into()));
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                "batch holds NaN or infinite values",
+            ));
         }
         if stats[1] < 0.0 || stats[2] > 1.0 {
-            return Err(Error::Input(format!(
-                "pixels must be in [0, 1] (normalise inside the model), found [{}, {}]",
-                stats[1], stats[2]
-            )));
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                format!(
+                    "pixels must be in [0, 1] (normalise inside the model), found [{}, {}]",
+                    stats[1], stats[2]
+                ),
+            ));
         }
         let labels = Vec::<i64>::try_from(&y.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?;
         let n = self.spec.num_classes as i64;
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= n) {
-            return Err(Error::Input(format!(
-                "label {bad} out of range for {n} classes"
-            )));
+            return Err(Error::input_of(
+                InputKind::LabelOutOfRange,
+                format!("label {bad} out of range for {n} classes"),
+            ));
         }
         Ok(labels)
     }

@@ -137,7 +137,7 @@ impl Optimizer {
     pub fn step(&mut self, model: &Model, loss: &Tensor) -> Result<()> {
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, p)| p).collect();
         if params.len() != self.state.len() {
-            return Err(Error::Input("optimizer was built for another model".into()));
+            return Err(Error::input("optimizer was built for another model"));
         }
         let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;
         self.steps += 1;

@@ -3,6 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::error::InputKind;
 use crate::{Error, Result};
 
 /// The `e` of the tanh parametrisation; keeps `atanh` finite at 0 and 1.
@@ -41,7 +42,7 @@ impl Trigger {
     pub fn new(mask: Tensor, pattern: Tensor) -> Result<Self> {
         let (ms, ps) = (mask.size(), pattern.size());
         if ms.len() != 3 || ps.len() != 3 || ms[0] != 1 || ms[1..] != ps[1..] {
-            return Err(Error::Input(format!(
+            return Err(Error::input_of(InputKind::WrongShape, format!(
                 "trigger mask must be [1,H,W] and pattern [C,H,W] with the same H,W; got {ms:?} and {ps:?}"
             )));
         }
@@ -49,9 +50,10 @@ impl Trigger {
             let lo = t.f_min()?.double_value(&[]);
             let hi = t.f_max()?.double_value(&[]);
             if !(lo >= 0.0 && hi <= 1.0) {
-                return Err(Error::Input(format!(
-                    "trigger {name} values must lie in [0,1], found [{lo}, {hi}]"
-                )));
+                return Err(Error::input_of(
+                    InputKind::InvalidValue,
+                    format!("trigger {name} values must lie in [0,1], found [{lo}, {hi}]"),
+                ));
             }
         }
         Ok(Trigger {

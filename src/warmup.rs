@@ -74,7 +74,7 @@ pub fn universal_trigger(
         .filter(|&i| i != target && pool[i].size()[0] > 0)
         .collect();
     if sources.is_empty() {
-        return Err(crate::Error::Input(format!(
+        return Err(crate::Error::input(format!(
             "warm-up for class {target}: no samples of any other class seen yet"
         )));
     }
@@ -96,7 +96,7 @@ pub fn universal_trigger(
     };
     let outcome = invert(model, &task, inversion, seed)?
         .pop()
-        .ok_or_else(|| crate::Error::Input("inversion returned no outcome".into()))?;
+        .ok_or_else(|| crate::Error::input("inversion returned no outcome"))?;
     let prior = prior_scores(
         pool.len(),
         &owners,

@@ -135,25 +135,55 @@ fn rejected_inputs_leave_the_session_unchanged() {
     let _ = bad_labels.get(0).fill_(3);
     let negative = y.copy();
     let _ = negative.get(1).fill_(-1);
-    let cases: Vec<(Tensor, Tensor, &str)> = vec![
-        (x.view([12, SIDE * SIDE]), y.copy(), "batch must be"),
-        (x.reshape([12, 1, 2, 8]), y.copy(), "batch must be"),
-        (x.narrow(0, 0, 0), y.narrow(0, 0, 0), "batch is empty"),
-        (nan, y.copy(), "NaN"),
-        (bright, y.copy(), "[0, 1]"),
-        (x.copy(), bad_labels, "label 3 out of range"),
-        (x.copy(), negative, "label -1 out of range"),
-        (x.copy(), y.narrow(0, 0, 5), "labels must be"),
-        (x.copy(), y.to_kind(Kind::Float), "labels must be integers"),
+    use moth::error::InputKind::*;
+    let cases: Vec<(Tensor, Tensor, &str, moth::error::InputKind)> = vec![
+        (
+            x.view([12, SIDE * SIDE]),
+            y.copy(),
+            "batch must be",
+            WrongShape,
+        ),
+        (
+            x.reshape([12, 1, 2, 8]),
+            y.copy(),
+            "batch must be",
+            WrongShape,
+        ),
+        (
+            x.narrow(0, 0, 0),
+            y.narrow(0, 0, 0),
+            "batch is empty",
+            WrongShape,
+        ),
+        (nan, y.copy(), "NaN", InvalidValue),
+        (bright, y.copy(), "[0, 1]", InvalidValue),
+        (
+            x.copy(),
+            bad_labels,
+            "label 3 out of range",
+            LabelOutOfRange,
+        ),
+        (x.copy(), negative, "label -1 out of range", LabelOutOfRange),
+        (x.copy(), y.narrow(0, 0, 5), "labels must be", WrongShape),
+        (
+            x.copy(),
+            y.to_kind(Kind::Float),
+            "labels must be integers",
+            WrongDtype,
+        ),
         (
             (&x * 255.0).to_kind(Kind::Uint8),
             y.copy(),
             "floating-point",
+            WrongDtype,
         ),
     ];
-    for (bx, by, msg) in cases {
+    for (bx, by, msg, kind) in cases {
         let e = s.harden_batch(&mut model, &bx, &by).unwrap_err();
-        assert!(matches!(e, Error::Input(_)), "{e}");
+        match &e {
+            Error::Input(i) => assert_eq!(i.kind, kind, "{e}"),
+            other => panic!("expected an input error, got {other}"),
+        }
         assert!(e.to_string().contains(msg), "'{e}' should mention '{msg}'");
         assert_eq!(snapshot(&s), before, "state unchanged after: {e}");
     }

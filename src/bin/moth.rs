@@ -475,7 +475,7 @@ fn print_matrix(m: &DistanceMatrix) {
 fn write_distance_outputs(m: &DistanceMatrix, dir: &Path, title: &str) -> moth::Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| moth::Error::io(format!("creating {}", dir.display()), e))?;
-    let json = serde_json::to_string_pretty(m).map_err(|e| moth::Error::Input(e.to_string()))?;
+    let json = serde_json::to_string_pretty(m).map_err(|e| moth::Error::input(e.to_string()))?;
     let jpath = dir.join("distances.json");
     std::fs::write(&jpath, json)
         .map_err(|e| moth::Error::io(format!("writing {}", jpath.display()), e))?;
@@ -580,7 +580,7 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
             harden_seconds_so_far: spent,
             ..notes.clone()
         };
-        let extra = serde_json::to_string(&notes).map_err(|e| moth::Error::Input(e.to_string()))?;
+        let extra = serde_json::to_string(&notes).map_err(|e| moth::Error::input(e.to_string()))?;
         moth::checkpoint::write_atomic(&ckpt, &run.checkpoint(&extra)?)
     };
     let spent_before = notes.harden_seconds_so_far;
@@ -832,7 +832,7 @@ struct HardenReport {
 }
 
 fn write_harden_report(r: &HardenReport, dir: &Path) -> moth::Result<()> {
-    let json = serde_json::to_string_pretty(r).map_err(|e| moth::Error::Input(e.to_string()))?;
+    let json = serde_json::to_string_pretty(r).map_err(|e| moth::Error::input(e.to_string()))?;
     let path = dir.join("report.json");
     std::fs::write(&path, json)
         .map_err(|e| moth::Error::io(format!("writing {}", path.display()), e))?;
@@ -1125,7 +1125,7 @@ fn run_bench(a: &BenchArgs) -> moth::Result<()> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| moth::Error::io(format!("creating {}", a.out.display()), e))?;
     let json = serde_json::to_string_pretty(&serde_json::json!({ "before": before, "rows": rows }))
-        .map_err(|e| moth::Error::Input(e.to_string()))?;
+        .map_err(|e| moth::Error::input(e.to_string()))?;
     std::fs::write(a.out.join("bench.json"), json)
         .map_err(|e| moth::Error::io("writing bench.json", e))?;
     std::fs::write(a.out.join("bench.md"), &table)

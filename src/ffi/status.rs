@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 
+use crate::error::InputKind;
 use crate::Error;
 
 /// What a moth C function reports. `0` is success, positive values are flow
@@ -178,7 +179,7 @@ impl From<Error> for FfiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::Config(_) => moth_status::InvalidConfig,
-            Error::Input(m) => classify_input(m),
+            Error::Input(i) => input_status(i.kind),
             Error::Phase(_) => moth_status::Phase,
             Error::Format { .. } => moth_status::Format,
             Error::Checkpoint(_) => moth_status::Checkpoint,
@@ -197,30 +198,14 @@ impl From<tch::TchError> for FfiError {
     }
 }
 
-/// Maps the message of an `Error::Input` to the most precise status. The
-/// core's input errors are one variant with a message; the patterns below
-/// are the messages `Session::harden_batch` and `report_accuracy` produce
-/// (a unit test pins each one), anything else stays `InvalidInput`.
-pub fn classify_input(message: &str) -> moth_status {
-    let m = message;
-    if m.starts_with("label ") && m.contains("out of range") {
-        moth_status::LabelOutOfRange
-    } else if m.starts_with("batch must be [")
-        || m.starts_with("labels must be [")
-        || m == "batch is empty"
-    {
-        moth_status::WrongShape
-    } else if m.starts_with("batch must hold floating-point")
-        || m.starts_with("labels must be integers")
-    {
-        moth_status::WrongDtype
-    } else if m.starts_with("pixels must be in [0, 1]")
-        || m.contains("NaN or infinite")
-        || m.starts_with("accuracy must be in [0, 1]")
-    {
-        moth_status::InvalidValue
-    } else {
-        moth_status::InvalidInput
+/// The status of each kind of input error.
+pub fn input_status(kind: InputKind) -> moth_status {
+    match kind {
+        InputKind::WrongShape => moth_status::WrongShape,
+        InputKind::WrongDtype => moth_status::WrongDtype,
+        InputKind::LabelOutOfRange => moth_status::LabelOutOfRange,
+        InputKind::InvalidValue => moth_status::InvalidValue,
+        InputKind::Other => moth_status::InvalidInput,
     }
 }
 
@@ -355,45 +340,23 @@ mod tests {
         }
     }
 
-    /// The messages of the core's input errors (session.rs) and the codes
-    /// they map to: if a message changes, this test says which mapping broke.
+    /// Each input kind has its own status, none of them OK or a flow signal.
     #[test]
-    fn input_messages_map_to_precise_codes() {
-        let cases = [
-            (
-                "batch must be [n, 1, 28, 28], got [3, 28, 28]",
-                moth_status::WrongShape,
-            ),
-            ("batch is empty", moth_status::WrongShape),
-            ("labels must be [4], got [5]", moth_status::WrongShape),
-            (
-                "batch must hold floating-point pixels, got Int64",
-                moth_status::WrongDtype,
-            ),
-            (
-                "labels must be integers, got Float",
-                moth_status::WrongDtype,
-            ),
-            (
-                "label 12 out of range for 10 classes",
-                moth_status::LabelOutOfRange,
-            ),
-            (
-                "batch holds NaN or infinite values",
-                moth_status::InvalidValue,
-            ),
-            (
-                "pixels must be in [0, 1] (normalise inside the model), found [0, 255]",
-                moth_status::InvalidValue,
-            ),
-            (
-                "accuracy must be in [0, 1], got 2",
-                moth_status::InvalidValue,
-            ),
-            ("something else", moth_status::InvalidInput),
+    fn input_kinds_map_to_distinct_failure_codes() {
+        let kinds = [
+            InputKind::WrongShape,
+            InputKind::WrongDtype,
+            InputKind::LabelOutOfRange,
+            InputKind::InvalidValue,
+            InputKind::Other,
         ];
-        for (m, s) in cases {
-            assert_eq!(classify_input(m), s, "{m}");
-        }
+        let mut codes: Vec<i32> = kinds.iter().map(|&k| input_status(k) as i32).collect();
+        assert!(codes.iter().all(|&c| c < 0));
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), kinds.len());
+        let e = FfiError::from(Error::input_of(InputKind::LabelOutOfRange, "label 9"));
+        assert_eq!(e.status, moth_status::LabelOutOfRange);
+        assert_eq!(e.message, "invalid input: label 9");
     }
 }
