@@ -657,7 +657,9 @@ extern "C" {
  * Loads a TorchScript module (saved with `torch.jit.save`) whose forward
  * takes `[n, c, h, w]` float inputs in `[0, 1]` (normalisation belongs
  * inside the module) and returns logits `[n, classes]`, onto `device`. The
- * class count is read from a probe forward pass.
+ * class count is read from a probe forward pass. A file that cannot be
+ * opened gives `MOTH_STATUS_IO`; one that is not a TorchScript module, or
+ * whose forward fails on the probe, `MOTH_STATUS_FORMAT`.
  */
 MOTH_MUST_USE
 moth_status moth_classifier_from_torchscript(const char *path,

@@ -44,8 +44,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// libtorch reported an error.
-    #[error("libtorch: {0}")]
+    /// libtorch reported an error (shown without its C++ backtrace).
+    #[error("libtorch: {}", torch_message(.0))]
     Torch(#[from] tch::TchError),
 }
 
@@ -75,6 +75,15 @@ pub struct InputError {
     pub kind: InputKind,
     /// What was wrong, with the offending values.
     pub message: String,
+}
+
+/// libtorch's message without the C++ backtrace (`Exception raised from
+/// ...`, one `frame #N` line per stack frame) it appends: kilobytes that
+/// tell a user nothing.
+pub fn torch_message(e: &tch::TchError) -> String {
+    let full = e.to_string();
+    let end = full.find("Exception raised from").unwrap_or(full.len());
+    full[..end].trim_end().to_string()
 }
 
 /// Result alias used across moth.
@@ -108,5 +117,32 @@ impl Error {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_messages_lose_their_backtrace() {
+        let e = tch::TchError::Torch(
+            "open file failed: No such file\nException raised from RAIIFile at x.cpp:1\n\
+             frame #0: c10::Error::Error() + 0x1\nframe #1: f + 0x2"
+                .into(),
+        );
+        assert_eq!(
+            torch_message(&e),
+            "Internal torch error: open file failed: No such file"
+        );
+        assert_eq!(
+            Error::Torch(e).to_string(),
+            "libtorch: Internal torch error: open file failed: No such file"
+        );
+        let plain = tch::TchError::Torch("shape mismatch".into());
+        assert_eq!(
+            torch_message(&plain),
+            "Internal torch error: shape mismatch"
+        );
     }
 }

@@ -236,9 +236,19 @@ impl Model {
     /// (normalisation belongs inside the module). The class count is read
     /// from one probe forward pass.
     pub fn torchscript(path: &Path, input_shape: [i64; 3], device: Device) -> Result<Self> {
+        // libtorch would report a missing file as a parse error.
+        std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("opening TorchScript model {}", path.display()), e))?;
         let vs = nn::VarStore::new(device);
-        let module = tch::TrainableCModule::load(path, vs.root())
-            .map_err(|e| Error::format(path, format!("cannot load TorchScript module: {e}")))?;
+        let module = tch::TrainableCModule::load(path, vs.root()).map_err(|e| {
+            Error::format(
+                path,
+                format!(
+                    "cannot load TorchScript module: {}",
+                    crate::error::torch_message(&e)
+                ),
+            )
+        })?;
         let mut model = Model {
             vs,
             body: Body::Script(module),
