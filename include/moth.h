@@ -1024,6 +1024,8 @@ moth_status moth_session_load(const char *path,
  * Restores a session from `len` bytes at `data` (made by
  * `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
  * `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
+ * `data` may be NULL only when `len` is 0 (an empty buffer, refused as a
+ * truncated checkpoint with `MOTH_STATUS_CHECKPOINT`).
  */
 MOTH_MUST_USE
 moth_status moth_session_from_buffer(const uint8_t *data,

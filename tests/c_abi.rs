@@ -2128,6 +2128,13 @@ fn checkpoints_round_trip_through_files_and_buffers() {
             S::Checkpoint,
             "",
         );
+        // An empty buffer (NULL, 0) is a truncated checkpoint, not a NULL.
+        expect(
+            moth_session_from_buffer(null(), 0, 3, 1, SIDE, SIDE, &mut other),
+            S::Checkpoint,
+            "",
+        );
+        assert!(other.is_null());
         let mut corrupted = bytes.clone();
         let mid = corrupted.len() / 2;
         corrupted[mid] ^= 0x55;

@@ -211,10 +211,9 @@ func SessionFromBytes(data []byte, spec Spec) (*Session, error) {
 	if err := CheckABI(); err != nil {
 		return nil, err
 	}
-	// An empty slice has no element to point at; any non-NULL pointer with
-	// length 0 lets moth refuse it as a truncated checkpoint.
-	var empty C.uint8_t
-	p := &empty
+	// An empty slice has no element to point at: NULL with length 0 is
+	// refused by moth as a truncated checkpoint.
+	var p *C.uint8_t
 	if len(data) > 0 {
 		p = (*C.uint8_t)(unsafe.Pointer(&data[0]))
 	}

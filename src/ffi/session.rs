@@ -920,6 +920,8 @@ pub unsafe extern "C" fn moth_session_load(
 /// Restores a session from `len` bytes at `data` (made by
 /// `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
 /// `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
+/// `data` may be NULL only when `len` is 0 (an empty buffer, refused as a
+/// truncated checkpoint with `MOTH_STATUS_CHECKPOINT`).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_session_from_buffer(
@@ -934,11 +936,12 @@ pub unsafe extern "C" fn moth_session_from_buffer(
     ffi_boundary!("moth_session_from_buffer", {
         init_out(out_session);
         let o = out(out_session, "out_session")?;
-        if data.is_null() {
-            return Err(FfiError::null("data"));
-        }
-        // SAFETY: non-NULL; the caller promises `len` readable bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        let bytes: &[u8] = match (data.is_null(), len) {
+            (true, 0) => &[],
+            (true, _) => return Err(FfiError::null("data")),
+            // SAFETY: non-NULL; the caller promises `len` readable bytes.
+            (false, _) => unsafe { std::slice::from_raw_parts(data, len) },
+        };
         loaded(
             Session::from_bytes(bytes, expected_spec(num_classes, c, h, w)),
             o,
