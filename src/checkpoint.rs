@@ -378,7 +378,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Removes the temporary files that writers of `path` killed mid-write left
 /// behind (`.NAME.tmp.PID.N` whose process no longer exists). Temporary files
 /// of live processes, this one included, may be writes in progress and stay.
-/// Best effort: a file that cannot be listed or removed is left alone.
+/// Best effort: a file that cannot be listed or removed is left alone. A
+/// writer in another PID namespace (a container sharing the folder) looks
+/// dead from here; if its temporary file is removed, its rename fails with
+/// an error and the checkpoint it would have replaced stays whole.
 fn remove_stale_temps(path: &Path) {
     let (Some(name), Ok(entries)) = (path.file_name(), fs::read_dir(parent_dir(path))) else {
         return;
