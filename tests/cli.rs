@@ -17,13 +17,18 @@ const SMALL: &str = r#"{"warmup":{"budget":{"steps":15,"init_cost":0.001,"asr_bo
  "later":{"steps":4,"init_cost":0.01,"asr_bound":0.9},"accuracy_every":4}"#;
 
 fn moth(args: &[&str]) -> std::process::Output {
-    let out = Command::new(MOTH)
+    moth_in(Path::new("."), args)
+}
+
+/// Runs moth in `dir`, where its default paths (runs/...) resolve.
+fn moth_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(MOTH)
         .args(args)
+        .current_dir(dir)
         .env("RUST_LOG", "warn")
         .env("OMP_NUM_THREADS", "1")
         .output()
-        .expect("moth runs");
-    out
+        .expect("moth runs")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -225,16 +230,40 @@ fn clear_errors_for_bad_input() {
     );
     let out = moth(&["train", "--data", "/nonexistent", "--device", "cpu"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = moth(&[
-        "harden",
-        "--session-config",
-        "{\"bogus\":1}",
-        "--no-distance",
-        "--device",
-        "cpu",
-    ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--session-config"));
+    // Bad settings are refused before the default model would be trained
+    // into runs/base/ (which takes minutes and leaves files behind).
     let dir = tempfile::tempdir().unwrap();
+    let bad_settings: [&[&str]; 3] = [
+        &[
+            "harden",
+            "--session-config",
+            "{\"bogus\":1}",
+            "--no-distance",
+        ],
+        &[
+            "harden",
+            "--session-config",
+            "{\"portion\":1.5}",
+            "--no-distance",
+        ],
+        &["bench", "--variants", "moth:wobbly"],
+    ];
+    for args in bad_settings {
+        let started = std::time::Instant::now();
+        let out = moth_in(dir.path(), &[args, &["--device", "cpu"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("invalid configuration"), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("runs").exists(),
+            "{args:?} trained a model first"
+        );
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
     let bad = dir.path().join("bad.ckpt");
     std::fs::write(&bad, b"MOTHCKPT garbage").unwrap();
     let out = moth(&["inspect", bad.to_str().unwrap()]);

@@ -657,13 +657,14 @@ fn start_harden<'d>(
 ) -> moth::Result<(moth::runner::HardenRun<'d>, HardenNotes)> {
     use moth::runner::{HardenRun, RunConfig};
     let start = Instant::now();
+    // Settings first: a typo must not cost a model training.
+    let session_cfg = session_config(a)?;
     let (model, classes) = load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes.clone();
     }
     let device = model.device();
     let dcfg = a.protocol.config(device);
-    let session_cfg = session_config(a)?;
     let run_cfg = RunConfig {
         epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 1.0 }),
         batch: a.batch,
@@ -1019,11 +1020,41 @@ fn time_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
     None
 }
 
-fn run_bench(a: &BenchArgs) -> moth::Result<()> {
+/// Each `--variants` entry with its session configuration, validated.
+fn bench_variants(a: &BenchArgs) -> moth::Result<Vec<(String, moth::session::SessionConfig)>> {
     use moth::bounds::BoundsMode;
-    use moth::runner::{HardenRun, RunConfig};
     use moth::session::{Method, SessionConfig};
+    let mut out = Vec::new();
+    for v in &a.variants {
+        let (method, bounds) = v.split_once(':').unwrap_or((v.as_str(), "fixed"));
+        let method: Method = method.parse()?;
+        let mut cfg = match &a.session_config {
+            Some(json) => serde_json::from_str::<SessionConfig>(json)
+                .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
+            None => SessionConfig::default(),
+        };
+        cfg.method = method;
+        cfg.seed = a.common.seed;
+        cfg.bounds.mode = match bounds {
+            "fixed" => BoundsMode::Fixed,
+            "growing" => BoundsMode::Growing,
+            other => {
+                return Err(moth::Error::Config(format!(
+                    "unknown bounds '{other}' in variant '{v}'"
+                )))
+            }
+        };
+        cfg.validate()?;
+        out.push((v.clone(), cfg));
+    }
+    Ok(out)
+}
 
+fn run_bench(a: &BenchArgs) -> moth::Result<()> {
+    use moth::runner::{HardenRun, RunConfig};
+
+    // Settings first: a typo must not cost a model training.
+    let variants = bench_variants(a)?;
     let (mut base, classes) = load_or_train(&a.model, &a.common, None)?;
     let device = base.device();
     let train_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?;
@@ -1051,25 +1082,7 @@ fn run_bench(a: &BenchArgs) -> moth::Result<()> {
         before.mean()
     );
     let mut rows = Vec::new();
-    for v in &a.variants {
-        let (method, bounds) = v.split_once(':').unwrap_or((v.as_str(), "fixed"));
-        let method: Method = method.parse()?;
-        let mut cfg = match &a.session_config {
-            Some(json) => serde_json::from_str::<SessionConfig>(json)
-                .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
-            None => SessionConfig::default(),
-        };
-        cfg.method = method;
-        cfg.seed = a.common.seed;
-        cfg.bounds.mode = match bounds {
-            "fixed" => BoundsMode::Fixed,
-            "growing" => BoundsMode::Growing,
-            other => {
-                return Err(moth::Error::Config(format!(
-                    "unknown bounds '{other}' in variant '{v}'"
-                )))
-            }
-        };
+    for (v, cfg) in variants {
         let (model, _) = Model::load(&a.model, None, device)?;
         let run_cfg = RunConfig {
             epochs: a.epochs,
