@@ -29,6 +29,7 @@ use moth::ffi::tensor::*;
 use moth::ffi::version::*;
 use tch::{Device, Kind, Tensor};
 
+mod common;
 mod native;
 use native::*;
 
@@ -230,9 +231,9 @@ fn to_tch(t: *const moth_tensor) -> Tensor {
 
 /// `per_class` images of each of the three classes, labelled.
 fn batch(per_class: i64, seed: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed);
     let n = 3 * per_class;
-    let x = Tensor::rand([n, 1, SIDE, SIDE], (Kind::Float, Device::Cpu)) * 0.05;
+    // Not tch::rand: see common::uniform.
+    let x = common::dark_images(n, seed);
     let flat = x.view([n, PIXELS]);
     let _ = flat
         .narrow(0, per_class, per_class)

@@ -45,10 +45,21 @@ pub fn three_class_model() -> Linear {
     }
 }
 
+/// `len` values uniform in `[0, 1)` from a generator of this test's own.
+/// Not libtorch's global generator: the tests of one binary run on parallel
+/// threads, and sessions reseed that generator at every step, so a
+/// `manual_seed` + `rand` pair here could be interleaved with another
+/// test's and draw different data from run to run.
+pub fn uniform(len: usize, seed: i64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed as u64);
+    (0..len).map(|_| rng.random::<f32>()).collect()
+}
+
 /// `n` dark, slightly noisy images of class 0.
 pub fn dark_images(n: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::rand([n, 1, SIDE, SIDE], (Kind::Float, Device::Cpu)) * 0.05
+    let noise = uniform((n * PIXELS) as usize, seed);
+    Tensor::from_slice(&noise).view([n, 1, SIDE, SIDE]) * 0.05
 }
 
 /// A labelled batch for the session tests: images that the three-class
