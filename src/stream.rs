@@ -502,10 +502,19 @@ mod session_tests {
         }
     }
 
+    /// Values in `[-1, 1)` from a generator of the test's own: libtorch's
+    /// global one is shared with tests on other threads (and reseeded by
+    /// every session step), so two draws could differ.
+    fn values(len: usize, seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        Tensor::from_slice(&v)
+    }
+
     fn model() -> Recording {
-        tch::manual_seed(3);
         Recording {
-            w: Tensor::randn([3, 16], (Kind::Float, Device::Cpu)),
+            w: values(48, 3).view([3, 16]),
             seen: RefCell::new(Vec::new()),
         }
     }
@@ -528,8 +537,7 @@ mod session_tests {
     }
 
     fn batch() -> (Tensor, Tensor) {
-        tch::manual_seed(4);
-        let x = Tensor::rand([12, 1, 4, 4], (Kind::Float, Device::Cpu));
+        let x = (values(192, 4).view([12, 1, 4, 4]) + 1.0) / 2.0;
         let y = Tensor::arange(12, (Kind::Int64, Device::Cpu)).remainder(3);
         (x, y)
     }
