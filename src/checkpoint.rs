@@ -331,10 +331,18 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
         )
     })?;
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), n));
+    let mut tmp_name = temp_prefix(name);
+    tmp_name.push(format!("{}.{}", std::process::id(), n));
     Ok(parent_dir(path).join(tmp_name))
+}
+
+/// `.<file name>.tmp.`: what every temporary file of `name` starts with,
+/// followed by the writer's pid.
+fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp.");
+    prefix
 }
 
 /// Replaces the file at `path` with `bytes` atomically: writes a temporary
@@ -386,10 +394,7 @@ fn remove_stale_temps(path: &Path) {
     let (Some(name), Ok(entries)) = (path.file_name(), fs::read_dir(parent_dir(path))) else {
         return;
     };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".tmp.");
-    let prefix = prefix.to_string_lossy().into_owned();
+    let prefix = temp_prefix(name).to_string_lossy().into_owned();
     for entry in entries.flatten() {
         let file = entry.file_name();
         let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {

@@ -194,10 +194,7 @@ impl From<Error> for FfiError {
 
 impl From<tch::TchError> for FfiError {
     fn from(e: tch::TchError) -> Self {
-        FfiError::new(
-            moth_status::Torch,
-            format!("libtorch: {}", crate::error::torch_message(&e)),
-        )
+        Error::Torch(e).into()
     }
 }
 
