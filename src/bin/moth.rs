@@ -632,13 +632,18 @@ fn pin_threads(session: &moth::session::Session) {
     }
 }
 
+/// The `--session-config` JSON (any `SessionConfig` field), or the defaults.
+fn parse_session_config(json: Option<&str>) -> moth::Result<moth::session::SessionConfig> {
+    match json {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| moth::Error::Config(format!("--session-config: {e}"))),
+        None => Ok(moth::session::SessionConfig::default()),
+    }
+}
+
 fn session_config(a: &HardenArgs) -> moth::Result<moth::session::SessionConfig> {
     use moth::bounds::BoundsMode;
-    let mut cfg = match &a.session_config {
-        Some(json) => serde_json::from_str::<moth::session::SessionConfig>(json)
-            .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
-        None => moth::session::SessionConfig::default(),
-    };
+    let mut cfg = parse_session_config(a.session_config.as_deref())?;
     cfg.method = a.method;
     cfg.seed = a.common.seed;
     cfg.max_accuracy_drop = a.max_drop / 100.0;
@@ -1023,16 +1028,12 @@ fn time_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
 /// Each `--variants` entry with its session configuration, validated.
 fn bench_variants(a: &BenchArgs) -> moth::Result<Vec<(String, moth::session::SessionConfig)>> {
     use moth::bounds::BoundsMode;
-    use moth::session::{Method, SessionConfig};
+    use moth::session::Method;
     let mut out = Vec::new();
     for v in &a.variants {
         let (method, bounds) = v.split_once(':').unwrap_or((v.as_str(), "fixed"));
         let method: Method = method.parse()?;
-        let mut cfg = match &a.session_config {
-            Some(json) => serde_json::from_str::<SessionConfig>(json)
-                .map_err(|e| moth::Error::Config(format!("--session-config: {e}")))?,
-            None => SessionConfig::default(),
-        };
+        let mut cfg = parse_session_config(a.session_config.as_deref())?;
         cfg.method = method;
         cfg.seed = a.common.seed;
         cfg.bounds.mode = match bounds {
