@@ -114,7 +114,9 @@ fn lookup(name: &CStr) -> std::result::Result<*mut c_void, String> {
 /// code on another stream must wait for it (an event) first.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CudaStream {
-    device: usize,
+    /// libtorch's index of the device, checked against the device count
+    /// when the stream was made.
+    device: i32,
     handle: usize,
     api: &'static StreamApi,
 }
@@ -149,12 +151,7 @@ impl CudaStream {
         device: usize,
         stream: *mut c_void,
     ) -> Result<Self> {
-        let count = (api.device_count)();
-        if device >= count {
-            return Err(Error::Device(format!(
-                "CUDA stream on cuda:{device}, but this process sees {count} CUDA device(s)"
-            )));
-        }
+        let device = device_index(api, device)?;
         let handle = stream as usize;
         match handle {
             0 => Err(Error::Device(
@@ -183,10 +180,10 @@ impl CudaStream {
     }
 
     pub(crate) fn current_with_api(api: &'static StreamApi, device: usize) -> Result<Self> {
-        let index = device_index(api, device)?;
+        let device = device_index(api, device)?;
         let mut handle: *mut c_void = std::ptr::null_mut();
         // SAFETY: `handle` is a valid out-pointer; the device index was checked.
-        let status = unsafe { (api.current)(index, &mut handle) };
+        let status = unsafe { (api.current)(device, &mut handle) };
         if status != 0 {
             return Err(Error::Device(format!(
                 "libtorch could not read the current stream of cuda:{device}"
@@ -201,7 +198,7 @@ impl CudaStream {
 
     /// The CUDA device index.
     pub fn device(&self) -> usize {
-        self.device
+        self.device as usize
     }
 
     /// The `cudaStream_t`.
@@ -211,17 +208,17 @@ impl CudaStream {
 
     /// The tch device whose tensors this stream runs (`cuda:N`).
     pub fn tensor_device(&self) -> tch::Device {
-        (self.api.tensor_device)(self.device)
+        (self.api.tensor_device)(self.device())
     }
 
     /// Makes this stream and its device current on the calling thread until
     /// the returned scope is dropped, which restores what was current before.
     pub fn enter(&self) -> Result<StreamScope> {
-        let index = device_index(self.api, self.device)?;
         let mut guard: *mut c_void = std::ptr::null_mut();
-        // SAFETY: the handle was vetted by `with_api`/`current_with_api`, the
-        // device index by `device_index`; `guard` is a valid out-pointer.
-        let status = unsafe { (self.api.create_guard)(self.handle(), index, &mut guard) };
+        // SAFETY: the handle and the device index were vetted when the stream
+        // was made (`with_api`/`current_with_api`); `guard` is a valid
+        // out-pointer.
+        let status = unsafe { (self.api.create_guard)(self.handle(), self.device, &mut guard) };
         if status != 0 || guard.is_null() {
             return Err(Error::Device(format!(
                 "libtorch refused to make {self:?} current"
@@ -235,12 +232,13 @@ impl CudaStream {
     }
 }
 
+/// libtorch's index of CUDA device `device`, if this process has it.
 fn device_index(api: &StreamApi, device: usize) -> Result<i32> {
     let count = (api.device_count)();
     match i32::try_from(device) {
         Ok(i) if device < count => Ok(i),
         _ => Err(Error::Device(format!(
-            "cuda:{device} does not exist ({count} CUDA device(s))"
+            "CUDA stream on cuda:{device}, but this process sees {count} CUDA device(s)"
         ))),
     }
 }
