@@ -51,18 +51,6 @@ fn work_dir() -> PathBuf {
     scratch_dir("c_abi")
 }
 
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn cstring(s: &str) -> CString {
     CString::new(s).unwrap()
 }

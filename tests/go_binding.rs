@@ -9,7 +9,7 @@
 //! ignored. `./scripts/setup.sh` installs Go (Debian's golang-go).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -73,21 +73,14 @@ fn go_command(dir: &Path, args: &[&str]) -> Command {
                 lib = lib.display(),
                 torch = torch.display()
             ),
-        )
-        .env("OMP_NUM_THREADS", "1");
+        );
     cmd
 }
 
-fn output(cmd: &mut Command) -> (Output, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
+/// Whether `cmd` succeeded, and its stdout and stderr together.
+fn output(cmd: &mut Command) -> (bool, String) {
+    let (ok, out, err) = run(cmd);
+    (ok, out + &err)
 }
 
 /// The TorchScript Fashion-MNIST classifier the Go tests harden, kept in
@@ -139,7 +132,7 @@ fn go_package_tests_pass_with_a_real_model() {
     let model = fashion_model_path();
     let dir = root().join("bindings").join("go");
     let t = Instant::now();
-    let (out, log) = output(
+    let (ok, log) = output(
         go_command(
             &dir,
             &["test", "-v", "-count=1", "-timeout", "300s", "./..."],
@@ -159,7 +152,7 @@ fn go_package_tests_pass_with_a_real_model() {
         skipped.len(),
         failed.len()
     );
-    assert!(out.status.success(), "go test failed:\n{log}");
+    assert!(ok, "go test failed:\n{log}");
     assert!(skipped.is_empty(), "Go tests skipped: {skipped:?}\n{log}");
     let missing: Vec<&&str> = GO_TESTS
         .iter()
@@ -175,23 +168,19 @@ fn go_package_tests_pass_with_a_real_model() {
 #[test]
 fn go_sources_are_vetted_and_formatted() {
     for dir in [root().join("bindings/go"), root().join("examples/go")] {
-        let (out, log) = output(&mut go_command(&dir, &["vet", "./..."]));
-        assert!(
-            out.status.success(),
-            "go vet in {} failed:\n{log}",
-            dir.display()
-        );
+        let (ok, log) = output(&mut go_command(&dir, &["vet", "./..."]));
+        assert!(ok, "go vet in {} failed:\n{log}", dir.display());
     }
-    let (out, goroot) = output(&mut go_command(&root(), &["env", "GOROOT"]));
-    assert!(out.status.success(), "go env GOROOT: {goroot}");
+    let (ok, goroot) = output(&mut go_command(&root(), &["env", "GOROOT"]));
+    assert!(ok, "go env GOROOT: {goroot}");
     let gofmt = Path::new(goroot.trim()).join("bin").join("gofmt");
-    let (out, log) = output(
+    let (ok, log) = output(
         Command::new(&gofmt)
             .arg("-l")
             .arg(root().join("bindings/go"))
             .arg(root().join("examples/go")),
     );
-    assert!(out.status.success(), "{} failed: {log}", gofmt.display());
+    assert!(ok, "{} failed: {log}", gofmt.display());
     assert!(log.trim().is_empty(), "files gofmt would change:\n{log}");
 }
 
@@ -200,18 +189,17 @@ fn go_example_hardens_fashion_mnist() {
     let model = fashion_model_path();
     let dir = root().join("examples").join("go");
     let bin = work_dir().join("harden-go");
-    let (out, log) = output(go_command(&dir, &["build", "-o"]).arg(&bin).arg("."));
-    assert!(out.status.success(), "building examples/go failed:\n{log}");
+    let (ok, log) = output(go_command(&dir, &["build", "-o"]).arg(&bin).arg("."));
+    assert!(ok, "building examples/go failed:\n{log}");
     let t = Instant::now();
-    let (out, log) = output(
+    let (ok, log) = output(
         Command::new(&bin)
-            .env("OMP_NUM_THREADS", "1")
             .arg("-model")
             .arg(&model)
             .args(["-images", "400", "-batch", "64", "-steps", "14"]),
     );
     println!("{log}\n({:.1} s)", t.elapsed().as_secs_f64());
-    assert!(out.status.success(), "the Go example failed:\n{log}");
+    assert!(ok, "the Go example failed:\n{log}");
     for needle in [
         "moth 0.",
         "loaded 400 Fashion-MNIST images",

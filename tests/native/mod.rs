@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::SystemTime;
 
 use tch::{Device, Kind, Tensor};
@@ -25,6 +26,21 @@ pub fn libtorch_root() -> PathBuf {
         dir
     };
     dir.canonicalize().unwrap_or(dir)
+}
+
+/// Runs `cmd` with one OpenMP thread (programs beside a test process on a
+/// small machine slow each other down otherwise): whether it succeeded, its
+/// stdout and its stderr. Panics when it cannot be started.
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `target/release`.
