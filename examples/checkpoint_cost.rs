@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use moth::checkpoint::{self, PayloadKind};
+use moth::io::container::{self, PayloadKind};
 use moth::runner::RunCheckpoint;
 use moth::session::Session;
 
@@ -12,9 +12,9 @@ fn main() -> moth::Result<()> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "runs/harden/run.ckpt".into());
-    let bytes = checkpoint::read_file(std::path::Path::new(&path))?;
+    let bytes = container::read_file(std::path::Path::new(&path))?;
     let t = Instant::now();
-    let run: RunCheckpoint = checkpoint::decode(PayloadKind::Trainer, &bytes)?;
+    let run: RunCheckpoint = container::decode(PayloadKind::Trainer, &bytes)?;
     let decode_run = t.elapsed();
     let session = Session::from_bytes(&run.session, None)?;
     let rounds = 20;

@@ -14,9 +14,10 @@ pub enum Error {
     /// [`InputError::kind`] says in which way.
     #[error("invalid input: {0}")]
     Input(InputError),
-    /// The call is not allowed in the session's current phase.
+    /// The call is not allowed in the session's current phase;
+    /// [`PhaseError::kind`] says what the session waits for.
     #[error("wrong phase: {0}")]
-    Phase(String),
+    Phase(PhaseError),
     /// A file could not be parsed (IDX dataset, checkpoint, model).
     #[error("{path}: {message}")]
     Format {
@@ -77,6 +78,29 @@ pub struct InputError {
     pub message: String,
 }
 
+/// Why a call does not fit the session's phase, for callers that react
+/// differently (a trainer stops on `Done` and reports accuracy on
+/// `AccuracyReportDue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// The session finished; nothing is left to harden.
+    Done,
+    /// A clean-accuracy report is due before the next step.
+    AccuracyReportDue,
+    /// Anything else (e.g. an accuracy report that nobody asked for).
+    Other,
+}
+
+/// The payload of [`Error::Phase`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PhaseError {
+    /// What the session waits for.
+    pub kind: PhaseKind,
+    /// The explanation shown to the user.
+    pub message: String,
+}
+
 /// libtorch's message without the C++ backtrace (`Exception raised from
 /// ...`, one `frame #N` line per stack frame) it appends: kilobytes that
 /// tell a user nothing.
@@ -106,6 +130,14 @@ impl Error {
     /// An input error of the given kind.
     pub fn input_of(kind: InputKind, message: impl Into<String>) -> Self {
         Error::Input(InputError {
+            kind,
+            message: message.into(),
+        })
+    }
+
+    /// A phase error of the given kind.
+    pub fn phase(kind: PhaseKind, message: impl Into<String>) -> Self {
+        Error::Phase(PhaseError {
             kind,
             message: message.into(),
         })

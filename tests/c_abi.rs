@@ -1574,7 +1574,7 @@ fn tensors_round_trip_and_share_storage() {
             S::InvalidArgument,
             "unknown device type 7",
         );
-        if moth::device::cuda_device_count() == 0 {
+        if moth::torch::device::cuda_device_count() == 0 {
             let cuda = moth_device {
                 type_: MOTH_DEVICE_TYPE_CUDA,
                 index: 0,
@@ -2172,7 +2172,7 @@ fn stream_of(s: *const moth_session) -> (i32, usize) {
 
 #[test]
 fn cuda_streams_without_cuda_are_unsupported_and_change_nothing() {
-    if moth::device::cuda_device_count() > 0 {
+    if moth::torch::device::cuda_device_count() > 0 {
         eprintln!("CUDA present: the stream path is checked by the C++ trainer instead");
         return;
     }
@@ -2267,8 +2267,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore]
 fn overhead_of_the_c_abi() {
-    use moth::model::{Classifier, Model};
     use moth::session::{Session, SessionConfig, SessionSpec};
+    use moth::torch::model::{Classifier, Model};
 
     init(); // one libtorch thread: less noise
     let rounds = 7;
@@ -2300,7 +2300,7 @@ fn overhead_of_the_c_abi() {
 
     // (1) TorchScript, 10 classes, 64 Fashion-MNIST images per batch.
     let model_path = example_model();
-    let data = moth::data::Dataset::fashion_mnist(None, moth::data::Split::Train)
+    let data = moth::io::dataset::Dataset::fashion_mnist(None, moth::io::dataset::Split::Train)
         .unwrap()
         .select(&(0..64).collect::<Vec<i64>>())
         .unwrap();

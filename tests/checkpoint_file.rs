@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moth::checkpoint::*;
+use moth::io::container::*;
+use moth::io::tensor_codec::{SavedKind, SavedTensor};
 use moth::Error;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};

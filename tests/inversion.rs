@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
+use moth::algo::inversion::{invert, Direction, InversionTask};
+use moth::algo::trigger::Trigger;
 use moth::config::{InversionBudget, InversionConfig};
-use moth::inversion::{invert, Direction, InversionTask};
-use moth::trigger::Trigger;
 use tch::{Device, Kind, Tensor};
 
 fn budget(steps: usize) -> InversionBudget {
@@ -58,7 +58,7 @@ fn inverted_distances_match_the_construction() {
         "mask of 0->1: {m1:?}"
     );
     // The stamped samples really are classified as the target.
-    let pred = moth::model::Classifier::forward(&model, &out[1].trigger.stamp(&x).unwrap())
+    let pred = moth::torch::model::Classifier::forward(&model, &out[1].trigger.stamp(&x).unwrap())
         .unwrap()
         .argmax(-1, false);
     let asr = pred

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use moth::checkpoint::parse_header;
+use moth::io::container::parse_header;
 use moth::session::{Method, Session, SessionConfig, SessionSpec};
 use moth::Error;
 

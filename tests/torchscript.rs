@@ -2,10 +2,10 @@
 //! from. The module is made here by tracing a built-in CNN (the same path a
 //! PyTorch user takes with `torch.jit.trace` and `torch.jit.save`).
 
+use moth::algo::distance::{self, Samples};
 use moth::config::{DistanceConfig, InversionBudget};
-use moth::data::Dataset;
-use moth::distance;
-use moth::model::{Arch, Classifier, Model};
+use moth::io::dataset::Dataset;
+use moth::torch::model::{Arch, Classifier, Model};
 use tch::{CModule, Device, Kind, Tensor};
 
 fn traced_copy(model: &mut Model, dir: &std::path::Path) -> std::path::PathBuf {
@@ -57,8 +57,28 @@ fn torchscript_model_measures_like_its_source() {
         seeds: vec![0],
         ..DistanceConfig::paper()
     };
-    let da = distance::measure(&mut source, &data, &cfg, &mut |_| {}).unwrap();
-    let db = distance::measure(&mut scripted, &data, &cfg, &mut |_| {}).unwrap();
+    let da = distance::measure(
+        &mut source,
+        Samples {
+            images: &data.images,
+            labels: data.labels_vec(),
+            classes: &data.classes,
+        },
+        &cfg,
+        &mut |_| {},
+    )
+    .unwrap();
+    let db = distance::measure(
+        &mut scripted,
+        Samples {
+            images: &data.images,
+            labels: data.labels_vec(),
+            classes: &data.classes,
+        },
+        &cfg,
+        &mut |_| {},
+    )
+    .unwrap();
     for (ra, rb) in da.values.iter().zip(&db.values) {
         for (va, vb) in ra.iter().zip(rb) {
             assert!((va - vb).abs() <= 1e-3 * va.abs().max(1.0), "{va} vs {vb}");

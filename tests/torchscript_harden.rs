@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use moth::model::{Classifier, Model};
+use moth::torch::model::{Classifier, Model};
 use tch::{Device, Kind, Tensor};
 
 const MOTH: &str = env!("CARGO_BIN_EXE_moth");

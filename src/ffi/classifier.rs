@@ -12,7 +12,7 @@ use super::boundary::{c_str, from_handle, init_out, into_handle, out, Guarded};
 use super::log::moth_free_fn;
 use super::status::{moth_status, FfiError};
 use super::tensor::{device_of, moth_device, moth_tensor};
-use crate::model::{Classifier, Model};
+use crate::torch::model::{Classifier, Model};
 use crate::{Error, Result};
 
 /// Forward callback: compute logits `[n, classes]` for `input`
@@ -276,9 +276,10 @@ pub unsafe extern "C" fn moth_classifier_forward(
         let x = &super::boundary::arg(input, "input")?.tensor;
         let body = clf.body.lock()?;
         clear_callback_failure();
-        let logits =
-            tch::no_grad(|| -> Result<Tensor> { body.forward(&x.f_to_device(body.device())?) })
-                .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))?;
+        let logits = crate::torch::grad::no_grad(|| -> Result<Tensor> {
+            body.forward(&x.f_to_device(body.device())?)
+        })
+        .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))?;
         *o = into_handle(moth_tensor::new(logits));
         Ok(())
     })

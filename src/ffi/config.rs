@@ -18,24 +18,6 @@ pub struct moth_config {
     pub(crate) config: SessionConfig,
 }
 
-/// Merges the JSON object `patch` into `base`, recursively: objects are
-/// merged key by key, anything else replaces.
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
-
 fn config_error(message: String) -> FfiError {
     FfiError::new(moth_status::InvalidConfig, message)
 }
@@ -43,18 +25,7 @@ fn config_error(message: String) -> FfiError {
 impl moth_config {
     /// Applies a JSON object patch; the config is unchanged on error.
     fn apply(&mut self, patch: Value) -> FfiResult<()> {
-        if !patch.is_object() {
-            return Err(config_error(
-                "configuration JSON must be an object".to_string(),
-            ));
-        }
-        let mut current = serde_json::to_value(&self.config)
-            .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
-        merge(&mut current, patch);
-        let next: SessionConfig = serde_json::from_value(current)
-            .map_err(|e| config_error(format!("invalid configuration: {e}")))?;
-        next.validate()?;
-        self.config = next;
+        self.config = self.config.with_patch(patch)?;
         Ok(())
     }
 

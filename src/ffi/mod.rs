@@ -25,6 +25,9 @@
 // `# Safety` section per function.
 #![allow(clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// The C ABI is made of raw pointers: unsafe is allowed here, and each block
+// says why it is sound.
+#![allow(unsafe_code)]
 
 #[macro_use]
 pub(crate) mod boundary;

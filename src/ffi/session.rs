@@ -17,7 +17,7 @@ use super::tensor::moth_tensor;
 use crate::session::{
     AccuracyVerdict, DirectionReport, DoneReason, Phase, Session, SessionSpec, StepReport,
 };
-use crate::stream::CudaStream;
+use crate::torch::stream::CudaStream;
 
 /// What the session's next step does (`moth_phase.kind`).
 #[repr(i32)]
@@ -311,18 +311,7 @@ fn report_to_c(r: &StepReport) -> moth_step_report {
 }
 
 fn describe_phase(p: Phase) -> String {
-    match p {
-        Phase::Warmup { target } => format!("warm-up, target {target}"),
-        Phase::Orthogonalize {
-            pair,
-            step_in_period,
-        } => format!(
-            "orthogonalize {}<->{}, period step {step_in_period}",
-            pair.source, pair.target
-        ),
-        Phase::Universal { target } => format!("universal, target {target}"),
-        Phase::Done { reason } => format!("done ({reason:?})"),
-    }
+    p.to_string()
 }
 
 /// The one-line summary logged after each step.
@@ -433,18 +422,6 @@ pub unsafe extern "C" fn moth_session_harden_batch(
         let x = &arg(x, "x")?.tensor;
         let y = &arg(y, "y")?.tensor;
         let mut st = s.state.lock()?;
-        if let Phase::Done { reason } = st.session.phase() {
-            return Err(FfiError::new(
-                moth_status::Done,
-                format!("the session is done ({reason:?}); nothing left to harden"),
-            ));
-        }
-        if st.session.wants_accuracy() {
-            return Err(FfiError::new(
-                moth_status::AccuracyWanted,
-                "a clean-accuracy report is due (moth_session_report_accuracy) before the next step",
-            ));
-        }
         let mut model = clf.body.lock()?;
         clear_callback_failure();
         let hardened = st

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 
-use crate::error::InputKind;
+use crate::error::{InputKind, PhaseKind};
 use crate::Error;
 
 /// What a moth C function reports. `0` is success, positive values are flow
@@ -180,7 +180,11 @@ impl From<Error> for FfiError {
         let status = match &e {
             Error::Config(_) => moth_status::InvalidConfig,
             Error::Input(i) => input_status(i.kind),
-            Error::Phase(_) => moth_status::Phase,
+            Error::Phase(p) => match p.kind {
+                PhaseKind::Done => moth_status::Done,
+                PhaseKind::AccuracyReportDue => moth_status::AccuracyWanted,
+                PhaseKind::Other => moth_status::Phase,
+            },
             Error::Format { .. } => moth_status::Format,
             Error::Checkpoint(_) => moth_status::Checkpoint,
             Error::Device(_) => moth_status::Device,

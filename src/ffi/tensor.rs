@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::boundary::{arg, from_handle, init_out, into_handle, out, Zeroable};
 use super::status::{moth_status, FfiError, FfiResult};
-use crate::device::cuda_device_count;
+use crate::torch::device::cuda_device_count;
 
 /// Element type of a tensor: one of the `MOTH_DTYPE_*` values. An input
 /// enumeration is a plain `int32_t` so that any value a caller passes is

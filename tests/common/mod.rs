@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use moth::config::InversionBudget;
-use moth::model::Classifier;
 use moth::session::{Method, SessionConfig, SessionSpec};
+use moth::torch::model::Classifier;
 use tch::{Device, Kind, Tensor};
 
 /// A fixed linear classifier on flattened inputs: `logits = x W^T + b`.

@@ -117,9 +117,9 @@ pub fn fashion_model(path: &Path) {
     if path.exists() {
         return;
     }
-    use moth::data::{Dataset, Split};
-    use moth::model::{Arch, Classifier, Model};
-    use moth::train::{fit, Optimizer, OptimizerConfig};
+    use moth::io::dataset::{Dataset, Split};
+    use moth::torch::model::{Arch, Classifier, Model};
+    use moth::torch::train::{fit, Optimizer, OptimizerConfig};
     tch::manual_seed(0);
     let data = Dataset::fashion_mnist(None, Split::Train)
         .unwrap()

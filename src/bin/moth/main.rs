@@ -1,19 +1,21 @@
 //! The `moth` command-line program: train a base model, measure class
 //! distances, harden a model, inspect checkpoints.
 
+mod heatmap;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use heatmap::{HeatmapSpec, Scale};
+use moth::algo::distance::{self, DistanceMatrix, Samples};
 use moth::config::DistanceConfig;
-use moth::data::{Dataset, Split};
-use moth::device::DeviceChoice;
-use moth::distance::{self, DistanceMatrix};
-use moth::heatmap::{self, HeatmapSpec, Scale};
-use moth::model::{self, Arch, Classifier, Model};
-use moth::train::{self, Optimizer, OptimizerConfig};
+use moth::io::dataset::{Dataset, Split};
+use moth::torch::device::DeviceChoice;
+use moth::torch::model::{self, Arch, Classifier, Model};
+use moth::torch::train::{self, Optimizer, OptimizerConfig};
 
 #[derive(Parser)]
 #[command(
@@ -88,7 +90,7 @@ struct Common {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Folder holding the Fashion-MNIST IDX files.
-    #[arg(long, default_value = moth::data::FASHION_MNIST_DIR)]
+    #[arg(long, default_value = moth::io::dataset::FASHION_MNIST_DIR)]
     data: PathBuf,
     /// Seed for every random choice.
     #[arg(long, default_value_t = 0)]
@@ -453,10 +455,19 @@ fn measure_with_progress(
         0,
         "distances [{bar:30}] {pos}/{len} pairs, {elapsed} elapsed, ETA {eta}",
     );
-    let m = distance::measure(model, data, cfg, &mut |p| {
-        pb.set_length(p.total as u64);
-        pb.set_position(p.done as u64);
-    })?;
+    let m = distance::measure(
+        model,
+        Samples {
+            images: &data.images,
+            labels: data.labels_vec(),
+            classes: &data.classes,
+        },
+        cfg,
+        &mut |p| {
+            pb.set_length(p.total as u64);
+            pb.set_position(p.done as u64);
+        },
+    )?;
     pb.finish_and_clear();
     Ok(m)
 }
@@ -533,7 +544,7 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
     let (mut run, mut notes, out) = match &a.resume {
         Some(dir) => {
             let path = dir.join("run.ckpt");
-            let bytes = moth::checkpoint::read_file(&path)?;
+            let bytes = moth::io::container::read_file(&path)?;
             let device = a.common.device.resolve()?;
             let (run, extra) = HardenRun::resume(&bytes, device, &train_set, &test_set)?;
             let notes: HardenNotes = serde_json::from_str(&extra).map_err(|e| {
@@ -581,7 +592,7 @@ fn run_harden(a: &HardenArgs) -> moth::Result<()> {
             ..notes.clone()
         };
         let extra = serde_json::to_string(&notes).map_err(|e| moth::Error::input(e.to_string()))?;
-        moth::checkpoint::write_atomic(&ckpt, &run.checkpoint(&extra)?)
+        moth::io::container::write_atomic(&ckpt, &run.checkpoint(&extra)?)
     };
     let spent_before = notes.harden_seconds_so_far;
     while run.step()? {
@@ -634,15 +645,17 @@ fn pin_threads(session: &moth::session::Session) {
 
 /// The `--session-config` JSON (any `SessionConfig` field), or the defaults.
 fn parse_session_config(json: Option<&str>) -> moth::Result<moth::session::SessionConfig> {
+    let defaults = moth::session::SessionConfig::default();
     match json {
-        Some(json) => serde_json::from_str(json)
+        Some(json) => defaults
+            .with_json(json)
             .map_err(|e| moth::Error::Config(format!("--session-config: {e}"))),
-        None => Ok(moth::session::SessionConfig::default()),
+        None => Ok(defaults),
     }
 }
 
 fn session_config(a: &HardenArgs) -> moth::Result<moth::session::SessionConfig> {
-    use moth::bounds::BoundsMode;
+    use moth::algo::bounds::BoundsMode;
     let mut cfg = parse_session_config(a.session_config.as_deref())?;
     cfg.method = a.method;
     cfg.seed = a.common.seed;
@@ -686,7 +699,12 @@ fn start_harden<'d>(
         tch::get_num_threads()
     );
     let mut base = model;
-    let acc_before = model::accuracy(&mut base, &test_set.images, &test_set.labels, 500)?;
+    let acc_before = model::accuracy(
+        &mut base,
+        &test_set.images,
+        &test_set.labels,
+        model::ACCURACY_BATCH,
+    )?;
     println!("clean test accuracy before: {:.2}%", 100.0 * acc_before);
     let before = if a.no_distance {
         None
@@ -729,7 +747,12 @@ fn finish_harden(
             ""
         }
     );
-    let acc_after = model::accuracy(&mut run.model, &test_set.images, &test_set.labels, 500)?;
+    let acc_after = model::accuracy(
+        &mut run.model,
+        &test_set.images,
+        &test_set.labels,
+        model::ACCURACY_BATCH,
+    )?;
     println!(
         "clean test accuracy after: {:.2}% (change {:+.2} points)",
         100.0 * acc_after,
@@ -891,8 +914,8 @@ fn write_harden_report(r: &HardenReport, dir: &Path) -> moth::Result<()> {
 }
 
 fn run_inspect(path: &Path) -> moth::Result<()> {
-    use moth::checkpoint::{parse_header, PayloadKind};
-    let bytes = moth::checkpoint::read_file(path)?;
+    use moth::io::container::{parse_header, PayloadKind};
+    let bytes = moth::io::container::read_file(path)?;
     let header = parse_header(&bytes)?;
     println!(
         "{}: moth checkpoint format {}, written by moth {}, kind {}, payload {} bytes",
@@ -906,7 +929,7 @@ fn run_inspect(path: &Path) -> moth::Result<()> {
         PayloadKind::Session => bytes.clone(),
         PayloadKind::Trainer => {
             let ck: moth::runner::RunCheckpoint =
-                moth::checkpoint::decode(PayloadKind::Trainer, &bytes)?;
+                moth::io::container::decode(PayloadKind::Trainer, &bytes)?;
             let model = match &ck.model {
                 model::ModelState::Builtin {
                     arch, variables, ..
@@ -1027,7 +1050,7 @@ fn time_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
 
 /// Each `--variants` entry with its session configuration, validated.
 fn bench_variants(a: &BenchArgs) -> moth::Result<Vec<(String, moth::session::SessionConfig)>> {
-    use moth::bounds::BoundsMode;
+    use moth::algo::bounds::BoundsMode;
     use moth::session::Method;
     let mut out = Vec::new();
     for v in &a.variants {
@@ -1075,7 +1098,12 @@ fn run_bench(a: &BenchArgs) -> moth::Result<()> {
         a.epochs,
         dcfg.describe()
     );
-    let acc_before = model::accuracy(&mut base, &test_set.images, &test_set.labels, 500)?;
+    let acc_before = model::accuracy(
+        &mut base,
+        &test_set.images,
+        &test_set.labels,
+        model::ACCURACY_BATCH,
+    )?;
     let before = measure_with_progress(&mut base, &test_set, &dcfg)?;
     println!(
         "before: accuracy {:.2}%, mean distance {:.2}",
@@ -1106,7 +1134,16 @@ fn run_bench(a: &BenchArgs) -> moth::Result<()> {
             pb.set_position(run.session.step());
             let s = run.session.step();
             if points.contains(&s) || !more {
-                after = distance::measure(&mut run.model, &test_set, &dcfg, &mut |_| {})?;
+                after = distance::measure(
+                    &mut run.model,
+                    Samples {
+                        images: &test_set.images,
+                        labels: test_set.labels_vec(),
+                        classes: &test_set.classes,
+                    },
+                    &dcfg,
+                    &mut |_| {},
+                )?;
                 curve.push((spent, before.enlargement(&after)));
             }
             if !more {
@@ -1114,7 +1151,12 @@ fn run_bench(a: &BenchArgs) -> moth::Result<()> {
             }
         }
         pb.finish_and_clear();
-        let acc_after = model::accuracy(&mut run.model, &test_set.images, &test_set.labels, 500)?;
+        let acc_after = model::accuracy(
+            &mut run.model,
+            &test_set.images,
+            &test_set.labels,
+            model::ACCURACY_BATCH,
+        )?;
         let row = BenchRow {
             variant: v.clone(),
             enlargement: curve.last().map_or(0.0, |c| c.1),

@@ -15,10 +15,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
 use crate::error::InputKind;
-use crate::model::Classifier;
-use crate::trigger::{from_param, stamp, to_param, Trigger};
+use crate::torch::model::Classifier;
 use crate::{Error, Result};
 
 /// One direction of an inversion task: flip the samples of `sets[set]` to
@@ -237,7 +237,7 @@ impl Adam {
         self.t += 1;
         let bc1 = 1.0 - cfg.beta1.powi(self.t);
         let bc2 = 1.0 - cfg.beta2.powi(self.t);
-        tch::no_grad(|| -> Result<()> {
+        crate::torch::grad::no_grad(|| -> Result<()> {
             for (i, p) in params.into_iter().enumerate() {
                 let g = &grads[i];
                 self.m[i] = self.m[i]
@@ -298,7 +298,7 @@ fn sample_losses(
     which: &[bool],
 ) -> Result<Vec<Vec<f64>>> {
     let device = model.device();
-    tch::no_grad(|| {
+    crate::torch::grad::no_grad(|| {
         task.directions
             .iter()
             .enumerate()
@@ -434,7 +434,7 @@ pub fn invert(
             let grads = Tensor::f_run_backward(&[&loss], &[&tm, &tp], false, false)?;
             used = (m.f_detach()?, p.f_detach()?);
             adam.step([&mut tm, &mut tp], &grads, cfg)?;
-            let hit = tch::no_grad(|| -> Result<Tensor> {
+            let hit = crate::torch::grad::no_grad(|| -> Result<Tensor> {
                 let ok = logits
                     .f_argmax(-1, false)?
                     .f_eq_tensor(&targets)?
@@ -522,7 +522,7 @@ fn restart_from_best(
     noise: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<()> {
-    tch::no_grad(|| -> Result<()> {
+    crate::torch::grad::no_grad(|| -> Result<()> {
         let mut jitter = |t: &Tensor| -> Result<Tensor> {
             let u = uniform(
                 rng,

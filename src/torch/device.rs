@@ -6,7 +6,6 @@
 //! the process. [`ensure_cuda_loaded`] does that once, from the same folder as
 //! the `libtorch_cpu.so` this process actually uses.
 
-use std::ffi::CString;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -124,7 +123,6 @@ pub(crate) fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
         .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
 }
 
-#[allow(unsafe_code)] // dlopen is the only way to add CUDA to a running process
 fn load_cuda_library() -> std::result::Result<String, String> {
     let dir = libtorch_lib_dir().ok_or("libtorch_cpu.so is not mapped in this process")?;
     let path = dir.join("libtorch_cuda.so");
@@ -134,23 +132,10 @@ fn load_cuda_library() -> std::result::Result<String, String> {
             path.display()
         ));
     }
-    let c = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: the path is a valid NUL-terminated string; the handle is kept
-    // for the life of the process on purpose (never dlclose'd).
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns a thread-local C string or NULL.
-        let msg = unsafe {
-            let e = libc::dlerror();
-            if e.is_null() {
-                "unknown dlopen error".to_string()
-            } else {
-                std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
-            }
-        };
+    crate::torch::sys::dlopen_global(&path).map_err(|msg| {
         log::debug!("could not load {}: {msg}", path.display());
-        return Err(format!("could not load {}: {msg}", path.display()));
-    }
+        format!("could not load {}: {msg}", path.display())
+    })?;
     Ok(path.display().to_string())
 }
 

@@ -135,7 +135,7 @@ impl std::fmt::Debug for Model {
 struct SavedModel {
     arch: Arch,
     classes: Vec<String>,
-    variables: Vec<(String, crate::checkpoint::SavedTensor)>,
+    variables: Vec<(String, crate::io::tensor_codec::SavedTensor)>,
 }
 
 /// A complete copy of a model's state, for run checkpoints: built-in models
@@ -151,7 +151,7 @@ pub enum ModelState {
         /// Class names.
         classes: Vec<String>,
         /// Every variable, name-sorted.
-        variables: Vec<(String, crate::checkpoint::SavedTensor)>,
+        variables: Vec<(String, crate::io::tensor_codec::SavedTensor)>,
     },
     /// A TorchScript module.
     TorchScript {
@@ -261,7 +261,7 @@ impl Model {
             [1, input_shape[0], input_shape[1], input_shape[2]],
             (Kind::Float, device),
         )?;
-        let out = tch::no_grad(|| model.forward(&probe)).map_err(|e| {
+        let out = crate::torch::grad::no_grad(|| model.forward(&probe)).map_err(|e| {
             Error::format(
                 path,
                 format!("probe forward with input shape {input_shape:?} failed: {e}"),
@@ -297,7 +297,7 @@ impl Model {
             return Ok((m, names));
         }
         let saved: SavedModel =
-            crate::checkpoint::load(path, crate::checkpoint::PayloadKind::Model)?;
+            crate::io::container::load(path, crate::io::container::PayloadKind::Model)?;
         let mut model = Self::builtin(saved.arch, saved.classes.len() as i64, device)?;
         model.restore_variables(&saved.variables)?;
         Ok((model, saved.classes))
@@ -316,24 +316,24 @@ impl Model {
                     classes: classes.to_vec(),
                     variables: self.variables_saved()?,
                 };
-                crate::checkpoint::save(path, crate::checkpoint::PayloadKind::Model, &saved)
+                crate::io::container::save(path, crate::io::container::PayloadKind::Model, &saved)
             }
         }
     }
 
     /// All variables (parameters and buffers) as name-sorted saved tensors.
-    pub fn variables_saved(&self) -> Result<Vec<(String, crate::checkpoint::SavedTensor)>> {
+    pub fn variables_saved(&self) -> Result<Vec<(String, crate::io::tensor_codec::SavedTensor)>> {
         let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars.into_iter()
-            .map(|(n, t)| Ok((n, crate::checkpoint::SavedTensor::from_tensor(&t)?)))
+            .map(|(n, t)| Ok((n, crate::io::tensor_codec::SavedTensor::from_tensor(&t)?)))
             .collect()
     }
 
     /// Copies saved values into the model's variables, checking names and shapes.
     pub fn restore_variables(
         &mut self,
-        saved: &[(String, crate::checkpoint::SavedTensor)],
+        saved: &[(String, crate::io::tensor_codec::SavedTensor)],
     ) -> Result<()> {
         let vars = self.vs.variables();
         if vars.len() != saved.len() {
@@ -357,7 +357,7 @@ impl Model {
                     value.size()
                 )));
             }
-            tch::no_grad(|| var.shallow_clone().f_copy_(&value))?;
+            crate::torch::grad::no_grad(|| var.shallow_clone().f_copy_(&value))?;
         }
         Ok(())
     }
@@ -434,6 +434,10 @@ impl Classifier for Model {
     }
 }
 
+/// Mini-batch size of accuracy evaluations: large enough to keep a GPU
+/// busy, small enough for the CPU caches.
+pub const ACCURACY_BATCH: i64 = 500;
+
 /// Clean accuracy of `model` (in eval mode) on `images`/`labels`, in `[0,1]`.
 pub fn accuracy(
     model: &mut dyn Classifier,
@@ -448,7 +452,7 @@ pub fn accuracy(
     }
     let device = model.device();
     let mut correct = Tensor::f_zeros([], (Kind::Int64, device))?;
-    tch::no_grad(|| -> Result<()> {
+    crate::torch::grad::no_grad(|| -> Result<()> {
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);

@@ -8,9 +8,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use crate::checkpoint::SavedTensor;
-use crate::data::Dataset;
-use crate::model::{Classifier, Model};
+use crate::io::dataset::Dataset;
+use crate::io::tensor_codec::SavedTensor;
+use crate::torch::model::{Classifier, Model};
 use crate::{Error, Result};
 
 /// Which update rule the optimiser applies.
@@ -142,7 +142,7 @@ impl Optimizer {
         let grads = Tensor::f_run_backward(&[loss], &params, false, false)?;
         self.steps += 1;
         let cfg = self.cfg;
-        tch::no_grad(|| -> Result<()> {
+        crate::torch::grad::no_grad(|| -> Result<()> {
             for ((p, g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
                 let g = if cfg.weight_decay > 0.0 {
                     g.f_add(&p.f_mul_scalar(cfg.weight_decay)?)?

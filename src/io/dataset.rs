@@ -1,14 +1,14 @@
-//! Image datasets in the IDX format (MNIST, Fashion-MNIST), gzip or plain,
-//! and the batching helpers the trainers use.
+//! Labelled image sets in memory, and the embedded default (Fashion-MNIST).
 //!
-//! Pixels are returned in `[0, 1]`: dataset normalisation, if any, belongs to
+//! Pixels are held in `[0, 1]`: dataset normalisation, if any, belongs to
 //! the model wrapper and runs after stamping (ALGORITHM.md section 1).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use crate::io::idx::{read_idx, IdxArray};
+use crate::labels::per_class_indices;
 use crate::{Error, Result};
 
 /// Where the Debian package `dataset-fashion-mnist` installs the data.
@@ -27,86 +27,6 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Bag",
     "Ankle boot",
 ];
-
-/// A parsed IDX array: its dimensions and raw bytes (element type u8).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IdxArray {
-    /// Dimension sizes, outermost first.
-    pub dims: Vec<usize>,
-    /// Row-major element bytes.
-    pub data: Vec<u8>,
-}
-
-/// Parses an IDX byte stream whose element type is unsigned byte (0x08), the
-/// only type MNIST-family files use. `path` only labels errors.
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
-    let bad = |m: String| Error::format(path, m);
-    if bytes.len() < 4 {
-        return Err(bad(format!("truncated IDX header ({} bytes)", bytes.len())));
-    }
-    if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad(
-            "not an IDX file (magic must start with two zero bytes)".into(),
-        ));
-    }
-    if bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "unsupported IDX element type 0x{:02x} (only unsigned byte, 0x08)",
-            bytes[2]
-        )));
-    }
-    let ndim = bytes[3] as usize;
-    if ndim == 0 {
-        return Err(bad("IDX file declares zero dimensions".into()));
-    }
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(bad(format!(
-            "truncated IDX header: {ndim} dimensions need {header} bytes"
-        )));
-    }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
-    let count = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| bad(format!("IDX dimensions {dims:?} overflow")))?;
-    let body = &bytes[header..];
-    if body.len() < count {
-        return Err(bad(format!(
-            "truncated IDX data: dimensions {dims:?} need {count} bytes, file has {}",
-            body.len()
-        )));
-    }
-    if body.len() > count {
-        return Err(bad(format!(
-            "IDX file has {} trailing bytes after dimensions {dims:?}",
-            body.len() - count
-        )));
-    }
-    Ok(IdxArray {
-        dims,
-        data: body.to_vec(),
-    })
-}
-
-/// Reads an IDX file, transparently gunzipping it when it starts with the
-/// gzip magic (so both `x.idx` and `x.idx.gz` work).
-pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let raw =
-        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("corrupt gzip stream: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    parse_idx(&bytes, path)
-}
 
 /// Labelled images in memory: `images` is `[n, C, H, W]` float in `[0,1]`,
 /// `labels` is `[n]` int64, both on the CPU.
@@ -255,22 +175,10 @@ impl Dataset {
     }
 }
 
-/// For each class, the positions of its first `limit` samples.
-pub fn per_class_indices(labels: &[i64], num_classes: usize, limit: usize) -> Vec<Vec<i64>> {
-    let mut out = vec![Vec::new(); num_classes];
-    for (i, &l) in labels.iter().enumerate() {
-        if let Some(v) = out.get_mut(l as usize) {
-            if v.len() < limit {
-                v.push(i as i64);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::idx::parse_idx;
 
     fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
         let mut b = vec![0, 0, 8, dims.len() as u8];
@@ -340,11 +248,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("corrupt gzip"));
-    }
-
-    #[test]
-    fn per_class_indices_caps_each_class() {
-        let idx = per_class_indices(&[0, 1, 0, 0, 2, 1], 3, 2);
-        assert_eq!(idx, vec![vec![0, 2], vec![1, 5], vec![4]]);
     }
 }

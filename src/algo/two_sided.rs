@@ -5,10 +5,10 @@
 
 use tch::Tensor;
 
+use crate::algo::inversion::{invert, Direction, DirectionOutcome, InversionTask};
+use crate::algo::trigger::Trigger;
 use crate::config::{InversionBudget, InversionConfig};
-use crate::inversion::{invert, Direction, DirectionOutcome, InversionTask};
-use crate::model::Classifier;
-use crate::trigger::Trigger;
+use crate::torch::model::Classifier;
 use crate::Result;
 
 /// One direction to generate: samples of `victim` flipped to `target`.

@@ -10,14 +10,15 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{self, PayloadKind, SavedTensor};
-use crate::data::Dataset;
-use crate::model::{accuracy, Model, ModelState};
+use crate::io::container::{self, PayloadKind};
+use crate::io::dataset::Dataset;
+use crate::io::tensor_codec::SavedTensor;
 use crate::session::{
     AccuracyVerdict, DirectionReport, Phase, Session, SessionConfig, SessionSpec,
 };
-use crate::train::OptimizerState;
-use crate::train::{epoch_batches, gather, train_step, Optimizer, OptimizerConfig};
+use crate::torch::model::{accuracy, Model, ModelState, ACCURACY_BATCH};
+use crate::torch::train::OptimizerState;
+use crate::torch::train::{epoch_batches, gather, train_step, Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
 /// Settings of the training loop around the session.
@@ -104,6 +105,15 @@ pub struct HardenRun<'a> {
     restored_last_good: bool,
 }
 
+/// The seed of libtorch's generator for the training step `step`: a pure
+/// function of the run's seed and the step, so nothing needs saving.
+fn training_seed(seed: u64, step: u64) -> i64 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step);
+    rng.random::<i64>()
+}
+
 /// Steps of the whole run: the warm-up plus `epochs` over the data.
 pub fn total_steps(num_classes: usize, train_len: usize, cfg: &RunConfig) -> u64 {
     let per_epoch = train_len.div_ceil(cfg.batch.max(1)) as f64;
@@ -179,7 +189,7 @@ impl<'a> HardenRun<'a> {
             &mut self.model,
             &self.heldout.images,
             &self.heldout.labels,
-            500,
+            ACCURACY_BATCH,
         )?;
         match self.session.report_accuracy(acc)? {
             AccuracyVerdict::Baseline | AccuracyVerdict::WithinBound { .. } => {
@@ -207,6 +217,14 @@ impl<'a> HardenRun<'a> {
         let start = Instant::now();
         let (x, y) = self.batch_for(self.session.step())?;
         let hardened = self.session.harden_batch(&mut self.model, &x, &y)?;
+        // The training step is the only consumer of libtorch's global
+        // generator (dropout); seeding it from (seed, step) makes a resumed
+        // run draw what the uninterrupted one drew. The session itself never
+        // touches that process-wide generator.
+        tch::manual_seed(training_seed(
+            self.session.config().seed,
+            hardened.report.step,
+        ));
         let loss = train_step(&mut self.model, &mut self.optimizer, &hardened.inputs, &y)?;
         let loss = loss.f_to_kind(Kind::Double)?.double_value(&[]);
         let accuracy = if self.session.wants_accuracy() {
@@ -225,19 +243,6 @@ impl<'a> HardenRun<'a> {
         Ok(!self.session.is_done())
     }
 
-    /// Runs to the end, calling `on_step` after every step.
-    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepRecord, &Session)) -> Result<()> {
-        while self.step()? {
-            if let Some(r) = self.history.last() {
-                on_step(r, &self.session);
-            }
-        }
-        if let Some(r) = self.history.last() {
-            on_step(r, &self.session);
-        }
-        Ok(())
-    }
-
     /// Checkpoint bytes of the whole run at the current step.
     pub fn checkpoint(&self, extra: &str) -> Result<Vec<u8>> {
         let ck = RunCheckpoint {
@@ -251,7 +256,7 @@ impl<'a> HardenRun<'a> {
             classes: self.train.classes.clone(),
             extra: extra.to_string(),
         };
-        checkpoint::encode(PayloadKind::Trainer, &ck)
+        container::encode(PayloadKind::Trainer, &ck)
     }
 
     /// Continues a run from [`HardenRun::checkpoint`] bytes on `device`,
@@ -262,7 +267,7 @@ impl<'a> HardenRun<'a> {
         train: &'a Dataset,
         test: &Dataset,
     ) -> Result<(Self, String)> {
-        let ck: RunCheckpoint = checkpoint::decode(PayloadKind::Trainer, bytes)?;
+        let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;
         let spec = SessionSpec {
             num_classes: train.num_classes(),
             input_shape: train.input_shape(),

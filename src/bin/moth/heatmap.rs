@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::{Error, Result};
+use moth::{Error, Result};
 
 /// Colour scale choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::trigger::Trigger;
+use crate::algo::trigger::Trigger;
 
 /// One trigger per directed pair `(victim, target)`. The cache keeps the
 /// LARGEST trigger seen for each direction (the reference's rule: a larger

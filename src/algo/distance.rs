@@ -11,10 +11,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::algo::inversion::{invert, Direction, InversionTask};
 use crate::config::DistanceConfig;
-use crate::data::{per_class_indices, Dataset};
-use crate::inversion::{invert, Direction, InversionTask};
-use crate::model::Classifier;
+use crate::labels::per_class_indices;
+use crate::torch::model::Classifier;
 use crate::{Error, Result};
 
 /// A directed class-distance matrix; `values[a][b]` is the distance a -> b.
@@ -141,25 +141,45 @@ impl DistanceMatrix {
     }
 }
 
-/// Measures every directed class distance of `model` on `data` (a held-out
-/// set). `on_progress` is called after each source class of each seed.
+/// Labelled samples to measure on (a held-out set): `images` `[n, C, H, W]`
+/// floats in `[0,1]` on the CPU, `labels[i]` the class of image `i`, and one
+/// name per class.
+#[derive(Debug)]
+pub struct Samples<'a> {
+    /// Images, `[n, C, H, W]`.
+    pub images: &'a Tensor,
+    /// Class of each image.
+    pub labels: Vec<i64>,
+    /// Class names, in label order.
+    pub classes: &'a [String],
+}
+
+/// Measures every directed class distance of `model` on `samples`.
+/// `on_progress` is called after each source class of each seed.
 pub fn measure(
     model: &mut dyn Classifier,
-    data: &Dataset,
+    samples: Samples<'_>,
     cfg: &DistanceConfig,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<DistanceMatrix> {
     cfg.validate()?;
-    let n = data.num_classes();
+    let n = samples.classes.len();
     if n < 2 {
         return Err(Error::input("distance needs at least two classes"));
     }
+    if samples.images.size().first() != Some(&(samples.labels.len() as i64)) {
+        return Err(Error::input(format!(
+            "{} labels for images of shape {:?}",
+            samples.labels.len(),
+            samples.images.size()
+        )));
+    }
     let start = Instant::now();
-    let by_class = per_class_indices(&data.labels_vec(), n, usize::MAX);
+    let by_class = per_class_indices(&samples.labels, n, usize::MAX);
     if let Some(empty) = by_class.iter().position(|v| v.is_empty()) {
         return Err(Error::input(format!(
             "class {} ({}) has no sample",
-            empty, data.classes[empty]
+            empty, samples.classes[empty]
         )));
     }
     let mut best = vec![vec![0.0f64; n]; n];
@@ -172,7 +192,7 @@ pub fn measure(
             // starting trigger and the images it must flip.
             pool.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ((a as u64) << 32)));
             pool.truncate(cfg.samples_per_class);
-            let samples = data
+            let chosen = samples
                 .images
                 .f_index_select(0, &Tensor::f_from_slice(&pool)?)?;
             let directions = (0..n)
@@ -184,7 +204,7 @@ pub fn measure(
                 })
                 .collect();
             let task = InversionTask {
-                sets: std::slice::from_ref(&samples),
+                sets: std::slice::from_ref(&chosen),
                 directions,
                 budget: cfg.budget,
                 record_sample_losses: false,
@@ -213,7 +233,7 @@ pub fn measure(
         .filter(|&(a, b)| a != b && best[a][b] == 0.0)
         .collect();
     Ok(DistanceMatrix {
-        classes: data.classes.clone(),
+        classes: samples.classes.to_vec(),
         values: best,
         failed,
         protocol: cfg.describe(),

@@ -11,14 +11,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::bounds::Bounds;
-use crate::cache::TriggerCache;
-use crate::checkpoint::{self, PayloadKind, SavedTensor};
-use crate::scheduler::Scheduler;
+use crate::algo::bounds::Bounds;
+use crate::algo::cache::TriggerCache;
+use crate::algo::scheduler::Scheduler;
+use crate::algo::trigger::Trigger;
+use crate::io::container::{self, PayloadKind};
+use crate::io::tensor_codec::SavedTensor;
 use crate::session::{
     AccuracyState, Period, Phase, Pool, Session, SessionConfig, SessionSpec, State,
 };
-use crate::trigger::Trigger;
 use crate::{Error, Result};
 
 /// Where a session ran: CPU results are bit-identical only with the same
@@ -40,7 +41,7 @@ impl RunEnvironment {
     /// The environment of this process.
     pub fn current() -> Self {
         RunEnvironment {
-            moth_version: checkpoint::MOTH_VERSION.to_string(),
+            moth_version: container::MOTH_VERSION.to_string(),
             libtorch: LIBTORCH_VERSION.to_string(),
             threads: tch::get_num_threads(),
             cpu_capability: cpu_capability(),
@@ -176,24 +177,24 @@ impl Session {
             accuracy: s.accuracy.clone(),
             pairwise_next: s.pairwise_next,
         };
-        checkpoint::encode(PayloadKind::Session, &saved)
+        container::encode(PayloadKind::Session, &saved)
     }
 
     /// Rebuilds a session from checkpoint bytes. With `expected`, refuses a
     /// checkpoint made for another class count or input shape.
     pub fn from_bytes(bytes: &[u8], expected: Option<SessionSpec>) -> Result<Session> {
-        let saved: SavedSession = checkpoint::decode(PayloadKind::Session, bytes)?;
+        let saved: SavedSession = container::decode(PayloadKind::Session, bytes)?;
         restore(saved, expected)
     }
 
     /// Saves the session atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        checkpoint::write_atomic(path, &self.to_bytes()?)
+        container::write_atomic(path, &self.to_bytes()?)
     }
 
     /// Loads a session saved with [`Session::save`].
     pub fn load(path: &Path, expected: Option<SessionSpec>) -> Result<Session> {
-        let bytes = checkpoint::read_file(path)?;
+        let bytes = container::read_file(path)?;
         Self::from_bytes(&bytes, expected).map_err(|e| match e {
             Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
             other => other,

@@ -1,0 +1,201 @@
+//! The session's settings: the hardening method and every hyper-parameter,
+//! with the reference defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::algo::bounds::BoundsConfig;
+use crate::algo::scheduler::SchedulerConfig;
+use crate::algo::warmup::WarmupConfig;
+use crate::config::{InversionBudget, InversionConfig};
+use crate::{Error, Result};
+
+/// Which hardening method the session runs after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// MOTH: scheduled pairs, symmetric (two-sided) generation, trigger reuse.
+    Moth,
+    /// Baseline: universal triggers only, one target after the other.
+    Universal,
+    /// Baseline: every pair in turn, full two-sided generation each step, no
+    /// scheduler and no trigger reuse.
+    Pairwise,
+    /// Baseline: scheduled pairs, but one direction per step.
+    Asymmetric,
+}
+
+impl Method {
+    /// The name users type (`moth`, `universal`, `pairwise`, `asymmetric`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Moth => "moth",
+            Method::Universal => "universal",
+            Method::Pairwise => "pairwise",
+            Method::Asymmetric => "asymmetric",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "moth" => Ok(Method::Moth),
+            "universal" => Ok(Method::Universal),
+            "pairwise" => Ok(Method::Pairwise),
+            "asymmetric" => Ok(Method::Asymmetric),
+            _ => Err(Error::Config(format!(
+                "unknown method '{s}' (expected moth, universal, pairwise or asymmetric)"
+            ))),
+        }
+    }
+}
+
+/// Everything a session needs to know, with the reference defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Hardening method.
+    pub method: Method,
+    /// Seed of the session's RNG (every random choice it makes).
+    pub seed: u64,
+    /// Optimiser of every inversion.
+    pub inversion: InversionConfig,
+    /// Warm-up settings.
+    pub warmup: WarmupConfig,
+    /// Budget of the first step of a period (and after a failure).
+    pub first: InversionBudget,
+    /// Budget of the later steps of a period.
+    pub later: InversionBudget,
+    /// Training steps per pair (period length).
+    pub period: usize,
+    /// Fraction of the smaller class's batch samples that get stamped.
+    pub portion: f64,
+    /// Pair scheduler.
+    pub scheduler: SchedulerConfig,
+    /// Stamping bounds.
+    pub bounds: BoundsConfig,
+    /// Training steps (warm-up included) after which the session is done; 0 = no limit.
+    pub max_steps: u64,
+    /// Ask for a clean-accuracy report every this many steps (and once before
+    /// the first step, as the baseline); 0 = never.
+    pub accuracy_every: u64,
+    /// Stop when accuracy falls more than this below the baseline (0.01 = 1 point).
+    pub max_accuracy_drop: f64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            method: Method::Moth,
+            seed: 0,
+            inversion: InversionConfig::default(),
+            warmup: WarmupConfig::default(),
+            first: InversionBudget {
+                steps: 200,
+                init_cost: 1e-3,
+                asr_bound: 0.9,
+            },
+            later: InversionBudget {
+                steps: 50,
+                init_cost: 1e-2,
+                asr_bound: 0.9,
+            },
+            period: 3,
+            portion: 0.1,
+            scheduler: SchedulerConfig::default(),
+            bounds: BoundsConfig::default(),
+            max_steps: 0,
+            accuracy_every: 10,
+            max_accuracy_drop: 0.01,
+        }
+    }
+}
+
+/// Merges the JSON object `patch` into `base`, recursively: objects are
+/// merged key by key, anything else replaces.
+fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    use serde_json::Value;
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+impl SessionConfig {
+    /// This configuration with a partial one merged in: keys present in
+    /// `patch` (a JSON object) replace the current values, nested objects are
+    /// merged key by key, absent keys keep their values. Unknown keys, wrong
+    /// types and out-of-range values are refused; `self` is never changed.
+    /// The CLI's `--session-config` and the C ABI's `moth_config_set_json`
+    /// both come here.
+    pub fn with_patch(&self, patch: serde_json::Value) -> Result<Self> {
+        if !patch.is_object() {
+            return Err(Error::Config(
+                "configuration JSON must be an object".to_string(),
+            ));
+        }
+        let mut current = serde_json::to_value(self)
+            .map_err(|e| Error::Config(format!("cannot serialise the configuration: {e}")))?;
+        merge(&mut current, patch);
+        let next: SessionConfig =
+            serde_json::from_value(current).map_err(|e| Error::Config(e.to_string()))?;
+        next.validate()?;
+        Ok(next)
+    }
+
+    /// [`SessionConfig::with_patch`] from JSON text.
+    pub fn with_json(&self, json: &str) -> Result<Self> {
+        let patch: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::Config(format!("not JSON: {e}")))?;
+        self.with_patch(patch)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.inversion.validate()?;
+        self.warmup.validate()?;
+        crate::config::validate_budget("first", &self.first)?;
+        crate::config::validate_budget("later", &self.later)?;
+        if self.period == 0 {
+            return Err(Error::Config("period must be at least 1".into()));
+        }
+        crate::config::unit_interval("portion", self.portion)?;
+        self.scheduler.validate()?;
+        self.bounds.validate()?;
+        crate::config::unit_interval("max_accuracy_drop", self.max_accuracy_drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_nested_patch_keeps_the_other_fields() {
+        let base = SessionConfig::default();
+        let cfg = base.with_json(r#"{"first": {"steps": 10}}"#).unwrap();
+        assert_eq!(cfg.first.steps, 10);
+        assert_eq!(cfg.first.init_cost, base.first.init_cost);
+        assert_eq!(cfg.later, base.later);
+        let e = base.with_json(r#"{"frist": 1}"#).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e}");
+        assert!(base.with_json(r#"{"portion": 2.0}"#).is_err());
+        assert!(base.with_json("[1]").is_err());
+        assert!(base.with_json("{").is_err());
+    }
+}

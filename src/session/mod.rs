@@ -1,0 +1,420 @@
+//! The hardening session: MOTH's state machine, driven one training step at
+//! a time by whoever owns the model (DESIGN.md "The session is sans-IO").
+//!
+//! The session holds only hardening state: the scheduler's matrices, the
+//! trigger cache, the bounds, the current pair and period, counters, its own
+//! seeded RNG and its configuration. Each [`Session::harden_batch`] call runs
+//! the phase's inversion on the caller's model, stamps the chosen samples
+//! (labels unchanged) and returns them; the caller trains on them.
+//! A call that fails leaves the session exactly as it was: all work is done
+//! on a copy of the state, committed only on success.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::algo::bounds::Bounds;
+use crate::algo::cache::TriggerCache;
+use crate::algo::scheduler::Scheduler;
+use crate::algo::trigger::Trigger;
+use crate::error::{InputKind, PhaseKind};
+use crate::torch::model::Classifier;
+use crate::torch::stream::{CudaStream, StreamScope};
+use crate::{Error, Result};
+
+pub mod checkpoint;
+mod config;
+mod phase;
+mod step;
+#[cfg(test)]
+mod stream_tests;
+mod validate;
+
+pub use config::{Method, SessionConfig};
+pub use phase::{DoneReason, Phase};
+use step::StepContext;
+
+/// The largest class count a session accepts: its four N x N matrices and
+/// N(N-1) cached triggers grow quadratically.
+pub const MAX_CLASSES: usize = 4096;
+
+/// The model the session hardens, as far as the session needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSpec {
+    /// Number of classes.
+    pub num_classes: usize,
+    /// `[C, H, W]` of one input.
+    pub input_shape: [i64; 3],
+}
+
+/// What one direction of a step produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectionReport {
+    /// Victim class (its samples were stamped); `None` for a universal
+    /// trigger, whose victims are all other classes.
+    pub victim: Option<usize>,
+    /// Target class (the trigger flips victims to it).
+    pub target: usize,
+    /// Trigger size (`C * sum(mask)`; 0 when the inversion failed).
+    pub size: f64,
+    /// Whether the ASR bound was reached.
+    pub reached: bool,
+    /// The stamping bound it was compared with.
+    pub bound: f64,
+    /// Samples stamped with it.
+    pub stamped: usize,
+}
+
+/// The outcome of one [`Session::harden_batch`] call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// 0-based index of this step.
+    pub step: u64,
+    /// The phase the step ran in.
+    pub phase: Phase,
+    /// Per generated trigger.
+    pub directions: Vec<DirectionReport>,
+    /// Inversion steps (passes over the inversion set) used.
+    pub inversion_steps: usize,
+    /// Wall time of the call, seconds.
+    pub seconds: f64,
+}
+
+/// The stamped batch (same device, shape and order as the input; labels are
+/// unchanged) and the step's report.
+#[derive(Debug)]
+pub struct Hardened {
+    /// Inputs to train on.
+    pub inputs: Tensor,
+    /// What happened.
+    pub report: StepReport,
+}
+
+/// The answer to an accuracy report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum AccuracyVerdict {
+    /// The first report: recorded as the baseline.
+    Baseline,
+    /// Within the bound: the caller should keep this model as the latest good one.
+    WithinBound {
+        /// Baseline minus this accuracy.
+        drop: f64,
+    },
+    /// Beyond the bound: the session is done; the caller should return to
+    /// the last model that was within the bound.
+    Exceeded {
+        /// Baseline minus this accuracy.
+        drop: f64,
+    },
+}
+
+/// The bookkeeping of the current period.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Period {
+    /// Sizes of each direction (`source -> target`, `target -> source`) so far.
+    pub sizes: [Vec<f64>; 2],
+    /// Running initial value of each direction.
+    pub init: [Option<Trigger>; 2],
+    /// A direction failed earlier in this period.
+    pub failed: bool,
+}
+
+/// Accuracy bookkeeping.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyState {
+    /// The first reported accuracy.
+    pub baseline: Option<f64>,
+    /// The latest reported accuracy.
+    pub last: Option<f64>,
+    /// A report is due before the next step.
+    pub pending: bool,
+}
+
+/// The warm-up's inversion pool, one `[k, C, H, W]` CPU tensor per class.
+/// Its tensors are only ever replaced, never written in place, so a clone
+/// may share them.
+#[derive(Debug)]
+pub(crate) struct Pool(pub Vec<Tensor>);
+
+impl Clone for Pool {
+    fn clone(&self) -> Self {
+        Pool(self.0.iter().map(Tensor::shallow_clone).collect())
+    }
+}
+
+/// The complete mutable state of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    pub phase: Phase,
+    pub step: u64,
+    pub orth_steps: u64,
+    pub scheduler: Scheduler,
+    pub cache: TriggerCache,
+    pub universal: BTreeMap<usize, Trigger>,
+    pub bounds: Bounds,
+    pub period: Period,
+    pub pool: Pool,
+    pub rng: ChaCha8Rng,
+    pub accuracy: AccuracyState,
+    pub pairwise_next: usize,
+}
+
+/// A resumable MOTH hardening session. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) config: SessionConfig,
+    pub(crate) spec: SessionSpec,
+    pub(crate) state: State,
+    /// Where the checkpoint this session was loaded from was written.
+    pub(crate) resumed_from: Option<crate::session::checkpoint::RunEnvironment>,
+    /// The caller's CUDA stream for this session's work: a binding to this
+    /// process, so never checkpointed.
+    pub(crate) stream: Option<CudaStream>,
+}
+
+impl Session {
+    /// A new session for a model with `spec`, starting in warm-up.
+    pub fn new(config: SessionConfig, spec: SessionSpec) -> Result<Self> {
+        config.validate()?;
+        if spec.num_classes < 2 || spec.num_classes > MAX_CLASSES {
+            return Err(Error::Config(format!(
+                "need between 2 and {MAX_CLASSES} classes, got {}",
+                spec.num_classes
+            )));
+        }
+        if spec.input_shape.iter().any(|&d| d <= 0) {
+            return Err(Error::Config(format!(
+                "input shape {:?} must be positive",
+                spec.input_shape
+            )));
+        }
+        let n = spec.num_classes;
+        let [_, h, w] = spec.input_shape;
+        let c = spec.input_shape[0];
+        let state = State {
+            phase: Phase::Warmup { target: 0 },
+            step: 0,
+            orth_steps: 0,
+            scheduler: Scheduler::new(n),
+            cache: TriggerCache::new(),
+            universal: BTreeMap::new(),
+            bounds: Bounds::new(&config.bounds, n, spec.input_shape),
+            period: Period::default(),
+            pool: Pool(
+                (0..n)
+                    .map(|_| Tensor::zeros([0, c, h, w], (Kind::Float, Device::Cpu)))
+                    .collect(),
+            ),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            accuracy: AccuracyState {
+                pending: config.accuracy_every > 0,
+                ..Default::default()
+            },
+            pairwise_next: 0,
+        };
+        Ok(Session {
+            config,
+            spec,
+            state,
+            resumed_from: None,
+            stream: None,
+        })
+    }
+
+    /// For a session loaded from a checkpoint: the environment it was
+    /// written in (thread count, libtorch, CPU), so that a caller can match it.
+    pub fn resumed_from(&self) -> Option<&crate::session::checkpoint::RunEnvironment> {
+        self.resumed_from.as_ref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The model description the session was made for.
+    pub fn spec(&self) -> SessionSpec {
+        self.spec
+    }
+
+    /// Runs this session's hardening calls on `stream` (made current, with
+    /// its device, for each call and restored afterwards), or, with `None`,
+    /// on whatever stream is current on the calling thread. The model must
+    /// live on the stream's device. Not saved in checkpoints: set it again
+    /// after loading one.
+    pub fn set_cuda_stream(&mut self, stream: Option<CudaStream>) {
+        self.stream = stream;
+    }
+
+    /// The stream set with [`Session::set_cuda_stream`].
+    pub fn cuda_stream(&self) -> Option<CudaStream> {
+        self.stream
+    }
+
+    /// What the next step will do.
+    pub fn phase(&self) -> Phase {
+        self.state.phase
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// The scheduler's matrices.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.state.scheduler
+    }
+
+    /// The trigger cache.
+    pub fn cache(&self) -> &TriggerCache {
+        &self.state.cache
+    }
+
+    /// The bounds.
+    pub fn bounds(&self) -> &Bounds {
+        &self.state.bounds
+    }
+
+    /// Accuracy bookkeeping (baseline, last, pending).
+    pub fn accuracy(&self) -> &AccuracyState {
+        &self.state.accuracy
+    }
+
+    /// Whether the session waits for a clean-accuracy report before its next step.
+    pub fn wants_accuracy(&self) -> bool {
+        self.state.accuracy.pending
+    }
+
+    /// True once the session finished.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state.phase, Phase::Done { .. })
+    }
+
+    /// Takes the clean accuracy (in `[0,1]`) of the current model, when one
+    /// is due. The first report is the baseline.
+    pub fn report_accuracy(&mut self, accuracy: f64) -> Result<AccuracyVerdict> {
+        if !self.state.accuracy.pending {
+            return Err(Error::phase(
+                PhaseKind::Other,
+                "no accuracy report is due (see wants_accuracy)",
+            ));
+        }
+        if !(accuracy.is_finite() && (0.0..=1.0).contains(&accuracy)) {
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                format!("accuracy must be in [0, 1], got {accuracy}"),
+            ));
+        }
+        let acc = &mut self.state.accuracy;
+        acc.pending = false;
+        acc.last = Some(accuracy);
+        let Some(base) = acc.baseline else {
+            acc.baseline = Some(accuracy);
+            return Ok(AccuracyVerdict::Baseline);
+        };
+        let drop = base - accuracy;
+        if drop > self.config.max_accuracy_drop {
+            self.state.phase = Phase::Done {
+                reason: DoneReason::AccuracyBound,
+            };
+            Ok(AccuracyVerdict::Exceeded { drop })
+        } else {
+            Ok(AccuracyVerdict::WithinBound { drop })
+        }
+    }
+
+    /// Runs one hardening step on the batch `x` (`[n, C, H, W]` floats in
+    /// `[0,1]`) with labels `y` (`[n]` integers): the phase's inversion on
+    /// `model` (in eval mode), then stamping. Returns the inputs to train on
+    /// with the unchanged labels `y`. On error the session is unchanged.
+    pub fn harden_batch(
+        &mut self,
+        model: &mut dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Hardened> {
+        if let Phase::Done { reason } = self.state.phase {
+            return Err(Error::phase(
+                PhaseKind::Done,
+                format!("the session is done ({reason}); nothing left to harden"),
+            ));
+        }
+        if self.state.accuracy.pending {
+            return Err(Error::phase(
+                PhaseKind::AccuracyReportDue,
+                "a clean-accuracy report is due (report_accuracy) before the next step",
+            ));
+        }
+        let _scope = self.enter_stream(model.device())?;
+        let labels = self.spec.validate_batch(x, y)?;
+        let start = Instant::now();
+        let mut next = self.state.clone();
+        let device = model.device();
+        let xd = x.f_to_device(device)?.f_to_kind(Kind::Float)?;
+        next.add_to_pool(&self.config, x, &labels)?;
+        let phase = next.phase;
+        let mut ctx = StepContext {
+            cfg: &self.config,
+            spec: self.spec,
+            model,
+            x: &xd,
+            labels: &labels,
+            stamped: xd.f_detach()?.copy(),
+            reports: Vec::new(),
+            inversion_steps: 0,
+        };
+        match phase {
+            Phase::Warmup { target } => next.warmup_step(&mut ctx, target)?,
+            Phase::Orthogonalize {
+                pair,
+                step_in_period,
+            } => next.orthogonalize_step(&mut ctx, pair, step_in_period)?,
+            Phase::Universal { target } => next.universal_step(&mut ctx, target)?,
+            Phase::Done { .. } => unreachable!("checked above"),
+        }
+        let StepContext {
+            stamped,
+            reports,
+            inversion_steps,
+            ..
+        } = ctx;
+        let report = StepReport {
+            step: next.step,
+            phase,
+            directions: reports,
+            inversion_steps,
+            seconds: 0.0,
+        };
+        next.finish_step(&self.config);
+        let inputs = stamped.f_to_device(x.device())?;
+        self.state = next;
+        Ok(Hardened {
+            inputs,
+            report: StepReport {
+                seconds: start.elapsed().as_secs_f64(),
+                ..report
+            },
+        })
+    }
+
+    /// Makes the session's stream current for one call, after checking that
+    /// the model lives on its device (otherwise the stream would not apply).
+    fn enter_stream(&self, model_device: Device) -> Result<Option<StreamScope>> {
+        let Some(stream) = self.stream else {
+            return Ok(None);
+        };
+        if model_device != stream.tensor_device() {
+            return Err(Error::Device(format!(
+                "the session runs on {stream:?}, but the model is on {model_device:?}; \
+                 move the model to {:?} or clear the session's stream",
+                stream.tensor_device()
+            )));
+        }
+        stream.enter().map(Some)
+    }
+}

@@ -1,0 +1,84 @@
+//! Checks of what a caller hands a session: batches and labels.
+
+use tch::{Device, Kind, Tensor};
+
+use super::SessionSpec;
+use crate::error::InputKind;
+use crate::{Error, Result};
+
+impl SessionSpec {
+    /// Checks a batch against the session's spec with a single host read;
+    /// returns the labels.
+    pub(crate) fn validate_batch(&self, x: &Tensor, y: &Tensor) -> Result<Vec<i64>> {
+        let [c, h, w] = self.input_shape;
+        let xs = x.size();
+        if xs.len() != 4 || xs[1..] != [c, h, w] {
+            return Err(Error::input_of(
+                InputKind::WrongShape,
+                format!("batch must be [n, {c}, {h}, {w}], got {xs:?}"),
+            ));
+        }
+        if xs[0] == 0 {
+            return Err(Error::input_of(InputKind::WrongShape, "batch is empty"));
+        }
+        if !x.is_floating_point() {
+            return Err(Error::input_of(
+                InputKind::WrongDtype,
+                format!("batch must hold floating-point pixels, got {:?}", x.kind()),
+            ));
+        }
+        if y.size() != [xs[0]] {
+            return Err(Error::input_of(
+                InputKind::WrongShape,
+                format!("labels must be [{}], got {:?}", xs[0], y.size()),
+            ));
+        }
+        if !matches!(
+            y.kind(),
+            Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+        ) {
+            return Err(Error::input_of(
+                InputKind::WrongDtype,
+                format!("labels must be integers, got {:?}", y.kind()),
+            ));
+        }
+        let finite = x.f_isfinite()?.f_all()?.f_to_kind(Kind::Double)?;
+        let stats = Tensor::f_stack(
+            &[
+                finite.f_to_device(Device::Cpu)?,
+                x.f_min()?
+                    .f_to_kind(Kind::Double)?
+                    .f_to_device(Device::Cpu)?,
+                x.f_max()?
+                    .f_to_kind(Kind::Double)?
+                    .f_to_device(Device::Cpu)?,
+            ],
+            0,
+        )?;
+        let stats = Vec::<f64>::try_from(&stats)?;
+        if stats[0] != 1.0 {
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                "batch holds NaN or infinite values",
+            ));
+        }
+        if stats[1] < 0.0 || stats[2] > 1.0 {
+            return Err(Error::input_of(
+                InputKind::InvalidValue,
+                format!(
+                    "pixels must be in [0, 1] (normalise inside the model), found [{}, {}]",
+                    stats[1], stats[2]
+                ),
+            ));
+        }
+        let labels = Vec::<i64>::try_from(&y.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?;
+        let n = self.num_classes as i64;
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= n) {
+            return Err(Error::input_of(
+                InputKind::LabelOutOfRange,
+                format!("label {bad} out of range for {n} classes"),
+            ));
+        }
+        Ok(labels)
+    }
+}
