@@ -26,6 +26,10 @@ pub struct InversionConfig {
     pub cost_factor: f64,
     /// Half-width of the uniform noise added when restarting from the best trigger.
     pub restart_noise: f64,
+    /// Stop an inversion once every direction has reached the ASR bound and
+    /// none found a smaller trigger for this many steps (0 = always run the
+    /// whole budget, as the reference does).
+    pub early_stop: usize,
 }
 
 impl Default for InversionConfig {
@@ -38,6 +42,7 @@ impl Default for InversionConfig {
             patience: 10,
             cost_factor: 1.5,
             restart_noise: 0.01,
+            early_stop: 0,
         }
     }
 }

@@ -165,13 +165,27 @@ fn damaged_session_checkpoints_are_refused_without_panicking() {
     assert!(rejected > tried / 2);
 }
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v1.ckpt");
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v2.ckpt");
+/// Written by moth before multi-pair periods (format 1): refused by name.
+const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v1.ckpt");
+
+#[test]
+fn a_checkpoint_of_the_previous_format_is_refused_with_its_version() {
+    let bytes = std::fs::read(GOLDEN_V1).expect("tests/golden/session-v1.ckpt is committed");
+    let e = Session::from_bytes(&bytes, Some(spec())).unwrap_err();
+    assert!(matches!(e, Error::Checkpoint(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("format version 1") && msg.contains("version 2"),
+        "{msg}"
+    );
+}
 
 /// The committed golden file must keep loading: a change of the format
 /// needs a new FORMAT_VERSION and a new golden file.
 #[test]
 fn golden_checkpoint_still_loads() {
-    let bytes = std::fs::read(GOLDEN).expect("tests/golden/session-v1.ckpt is committed");
+    let bytes = std::fs::read(GOLDEN).expect("tests/golden/session-v2.ckpt is committed");
     let s = Session::from_bytes(&bytes, Some(spec())).unwrap();
     assert_eq!(s.step(), 5);
     assert_eq!(s.config().seed, 21);

@@ -60,6 +60,9 @@ pub struct DirectionOutcome {
     pub asr: f64,
     /// The cost when the run ended.
     pub final_cost: f64,
+    /// Inversion steps actually run (fewer than the budget when the run
+    /// stopped early).
+    pub steps: usize,
     /// Per-sample cross-entropy with the initial trigger (when recorded).
     pub sample_loss_start: Vec<f64>,
     /// Per-sample cross-entropy with the best trigger (when recorded and reached).
@@ -399,8 +402,14 @@ pub fn invert(
     };
     let mut loss_best = vec![Vec::new(); k as usize];
     let [c, h, w] = shape;
+    let mut steps_run = 0;
+    let mut since_improved = 0;
 
     for _step in 0..task.budget.steps {
+        if stalled(cfg.early_stop, since_improved, &best_l1) {
+            break;
+        }
+        steps_run += 1;
         let costs: Vec<f32> = schedules.iter().map(|s| s.cost as f32).collect();
         let costs = Tensor::f_from_slice(&costs)?.f_to_device(device)?;
         let order = layout.shuffled_indices(&mut rng, device)?;
@@ -474,6 +483,11 @@ pub fn invert(
             }
             schedules[i].update(reached, cfg);
         }
+        since_improved = if improved.iter().any(|&b| b) {
+            0
+        } else {
+            since_improved + 1
+        };
         if improved.iter().any(|&b| b) {
             let sel = Tensor::f_from_slice(&improved)?.f_to_device(device)?;
             let sel_m = sel.f_view([k, 1, 1, 1])?;
@@ -498,7 +512,7 @@ pub fn invert(
             }
         }
     }
-    collect_outcomes(
+    let mut out = collect_outcomes(
         shape,
         device,
         best_mask,
@@ -508,7 +522,15 @@ pub fn invert(
         schedules,
         loss_start,
         loss_best,
-    )
+    )?;
+    out.iter_mut().for_each(|o| o.steps = steps_run);
+    Ok(out)
+}
+
+/// Early stop: every direction has a trigger that reached the ASR bound,
+/// and none improved for `patience` steps (0 = never stop early).
+fn stalled(patience: usize, since_improved: usize, best_l1: &[f64]) -> bool {
+    patience > 0 && since_improved >= patience && best_l1.iter().all(|l| l.is_finite())
 }
 
 /// Restarts the selected directions from their best trigger plus uniform
@@ -570,6 +592,7 @@ fn collect_outcomes(
             reached,
             asr: best_asr[i],
             final_cost: schedules[i].cost,
+            steps: 0,
             sample_loss_start: start,
             sample_loss_best: best,
         });

@@ -17,6 +17,24 @@ pub struct Pair {
     pub target: usize,
 }
 
+impl Pair {
+    /// Direction `d` as `(victim, target)`: 0 is `source -> target`, 1 the
+    /// way back.
+    pub fn direction(self, d: usize) -> (usize, usize) {
+        if d == 0 {
+            (self.source, self.target)
+        } else {
+            (self.target, self.source)
+        }
+    }
+
+    /// Whether the two pairs share a class.
+    pub fn overlaps(self, other: Pair) -> bool {
+        [self.source, self.target].contains(&other.source)
+            || [self.source, self.target].contains(&other.target)
+    }
+}
+
 /// Scheduler settings (reference defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +59,20 @@ impl SchedulerConfig {
     pub fn validate(&self) -> crate::Result<()> {
         crate::config::unit_interval("scheduler.explore", self.explore)?;
         crate::config::non_negative("scheduler.alpha_rate", self.alpha_rate)
+    }
+}
+
+/// A uniformly random unordered pair of distinct classes from `free`
+/// (at least two), as `(source, target)` in draw order.
+fn random_pair<R: Rng>(free: &[usize], rng: &mut R) -> Pair {
+    let a = rng.random_range(0..free.len());
+    let mut b = rng.random_range(0..free.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    Pair {
+        source: free[a],
+        target: free[b],
     }
 }
 
@@ -108,37 +140,70 @@ impl Scheduler {
         steps_since_warmup: u64,
         rng: &mut R,
     ) -> Pair {
+        self.choose_matching(cfg, steps_since_warmup, rng, 1)[0]
+    }
+
+    /// Chooses up to `k` pairs that share no class (a matching), one after
+    /// the other by the rule of [`Scheduler::choose`], each among the classes
+    /// not taken yet. With `k = 1` this is exactly `choose`: the same draws
+    /// from `rng` and the same pair. Counts every choice.
+    pub fn choose_matching<R: Rng>(
+        &mut self,
+        cfg: &SchedulerConfig,
+        steps_since_warmup: u64,
+        rng: &mut R,
+        k: usize,
+    ) -> Vec<Pair> {
+        let alpha = (cfg.alpha_rate * steps_since_warmup as f64).min(1.0);
+        let mut free: Vec<usize> = (0..self.classes()).collect();
+        let mut pairs = Vec::new();
+        while pairs.len() < k.max(1) && free.len() >= 2 {
+            let pair = if rng.random::<f64>() < cfg.explore {
+                random_pair(&free, rng)
+            } else {
+                self.argmax(alpha, &free)
+            };
+            free.retain(|&c| c != pair.source && c != pair.target);
+            self.count_choice(pair);
+            pairs.push(pair);
+        }
+        pairs
+    }
+
+    /// The `index`-th unordered pair `(a, b)`, `a < b`, in row-major order,
+    /// cycling (the pairwise baseline's schedule). Counts the choice.
+    pub fn cycle_pair(&mut self, index: usize) -> Pair {
         let n = self.classes();
-        let pair = if rng.random::<f64>() < cfg.explore {
-            let a = rng.random_range(0..n);
-            let mut b = rng.random_range(0..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            Pair {
-                source: a,
-                target: b,
-            }
-        } else {
-            let alpha = (cfg.alpha_rate * steps_since_warmup as f64).min(1.0);
-            self.argmax(alpha)
+        let total = n * (n - 1) / 2;
+        let mut i = index % total;
+        let mut a = 0;
+        while i >= n - 1 - a {
+            i -= n - 1 - a;
+            a += 1;
+        }
+        let pair = Pair {
+            source: a,
+            target: a + 1 + i,
         };
-        self.count[pair.source][pair.target] += 1.0;
-        self.count[pair.target][pair.source] += 1.0;
+        self.count_choice(pair);
         pair
     }
 
-    fn argmax(&self, alpha: f64) -> Pair {
-        let n = self.classes();
+    fn count_choice(&mut self, pair: Pair) {
+        self.count[pair.source][pair.target] += 1.0;
+        self.count[pair.target][pair.source] += 1.0;
+    }
+
+    fn argmax(&self, alpha: f64, free: &[usize]) -> Pair {
         let mut best = (
             f64::NEG_INFINITY,
             Pair {
-                source: 0,
-                target: 1,
+                source: free[0],
+                target: free[1],
             },
         );
-        for i in 0..n {
-            for j in 0..n {
+        for &i in free {
+            for &j in free {
                 if i != j {
                     let s = self.score(i, j, alpha);
                     if s > best.0 {
@@ -267,6 +332,130 @@ mod tests {
         assert_eq!(seen.len(), 12, "all ordered pairs appear");
         let total: f64 = s.count.iter().flatten().sum();
         assert_eq!(total, 800.0);
+    }
+
+    /// The old single-pair rule, written out, to hold `choose` to it.
+    fn reference_choice<R: Rng>(
+        s: &Scheduler,
+        cfg: &SchedulerConfig,
+        steps: u64,
+        rng: &mut R,
+    ) -> Pair {
+        let n = s.classes();
+        if rng.random::<f64>() < cfg.explore {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            return Pair {
+                source: a,
+                target: b,
+            };
+        }
+        let alpha = (cfg.alpha_rate * steps as f64).min(1.0);
+        let mut best = (
+            f64::NEG_INFINITY,
+            Pair {
+                source: 0,
+                target: 1,
+            },
+        );
+        for i in 0..n {
+            for j in (0..n).filter(|&j| j != i) {
+                if s.score(i, j, alpha) > best.0 {
+                    best = (
+                        s.score(i, j, alpha),
+                        Pair {
+                            source: i,
+                            target: j,
+                        },
+                    );
+                }
+            }
+        }
+        best.1
+    }
+
+    fn random_scores(n: usize, seed: u64) -> Scheduler {
+        let mut s = Scheduler::new(n);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for i in 0..n {
+            for j in 0..n {
+                s.univ[i][j] = rng.random();
+                s.diff[i][j] = rng.random();
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_matching_of_one_is_the_single_pair_rule() {
+        let cfg = SchedulerConfig::default();
+        let mut s = random_scores(10, 3);
+        let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        for step in 0..300 {
+            let want = reference_choice(&s, &cfg, step, &mut r1);
+            assert_eq!(s.choose(&cfg, step, &mut r2), want, "step {step}");
+        }
+        assert_eq!(
+            r1.random::<u64>(),
+            r2.random::<u64>(),
+            "same number of draws"
+        );
+    }
+
+    #[test]
+    fn matchings_are_disjoint_and_cover_every_class_when_even() {
+        let cfg = SchedulerConfig::default();
+        let mut s = random_scores(10, 4);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for step in 0..200 {
+            let m = s.choose_matching(&cfg, step, &mut rng, 5);
+            assert_eq!(m.len(), 5);
+            let mut seen: Vec<usize> = m.iter().flat_map(|p| [p.source, p.target]).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..10).collect::<Vec<_>>(), "step {step}: {m:?}");
+        }
+        assert_eq!(s.count.iter().flatten().sum::<f64>(), 2.0 * 5.0 * 200.0);
+        // More pairs than classes allow: as many as fit.
+        let mut odd = random_scores(5, 6);
+        assert_eq!(odd.choose_matching(&cfg, 0, &mut rng, 9).len(), 2);
+        // The greedy first pair is the global arg-max.
+        let greedy = SchedulerConfig {
+            explore: 0.0,
+            ..cfg
+        };
+        let mut g = random_scores(10, 7);
+        let first = reference_choice(&g, &greedy, 0, &mut rng);
+        assert_eq!(g.choose_matching(&greedy, 0, &mut rng, 5)[0], first);
+    }
+
+    #[test]
+    fn the_pairwise_cycle_visits_every_unordered_pair_once_per_round() {
+        let mut s = Scheduler::new(5);
+        let round: Vec<Pair> = (0..10).map(|i| s.cycle_pair(i)).collect();
+        let mut set: Vec<(usize, usize)> = round.iter().map(|p| (p.source, p.target)).collect();
+        set.sort_unstable();
+        set.dedup();
+        assert_eq!(set.len(), 10);
+        assert!(round.iter().all(|p| p.source < p.target));
+        assert_eq!(
+            round[0],
+            Pair {
+                source: 0,
+                target: 1
+            }
+        );
+        assert_eq!(
+            round[4],
+            Pair {
+                source: 1,
+                target: 2
+            }
+        );
+        assert_eq!(s.cycle_pair(10), round[0]);
+        assert_eq!(s.count[0][1], 2.0);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::{Error, Result};
 pub const MAGIC: [u8; 8] = *b"MOTHCKPT";
 
 /// The container format version this moth writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The moth version written into every checkpoint header.
 pub const MOTH_VERSION: &str = env!("CARGO_PKG_VERSION");

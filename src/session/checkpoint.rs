@@ -13,7 +13,7 @@ use tch::Device;
 
 use crate::algo::bounds::Bounds;
 use crate::algo::cache::TriggerCache;
-use crate::algo::scheduler::Scheduler;
+use crate::algo::scheduler::{Pair, Scheduler};
 use crate::algo::trigger::Trigger;
 use crate::io::container::{self, PayloadKind};
 use crate::io::tensor_codec::SavedTensor;
@@ -119,6 +119,46 @@ impl SavedTrigger {
     }
 }
 
+/// One pair of the current period.
+#[derive(Serialize, Deserialize)]
+struct SavedPeriod {
+    pair: Pair,
+    sizes: [Vec<f64>; 2],
+    init: [Option<SavedTrigger>; 2],
+    failed: bool,
+}
+
+impl SavedPeriod {
+    fn from(p: &Period) -> Result<Self> {
+        Ok(SavedPeriod {
+            pair: p.pair,
+            sizes: p.sizes.clone(),
+            init: [saved_opt(&p.init[0])?, saved_opt(&p.init[1])?],
+            failed: p.failed,
+        })
+    }
+
+    fn restore(&self, spec: &SessionSpec) -> Result<Period> {
+        let n = spec.num_classes;
+        let Pair { source, target } = self.pair;
+        if source >= n || target >= n || source == target {
+            return Err(bad(format!(
+                "period pair {source}<->{target} is not two classes of {n}"
+            )));
+        }
+        if self.sizes.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(bad("period sizes hold a non-finite value"));
+        }
+        let restore = |t: &Option<SavedTrigger>| t.as_ref().map(|t| t.restore(spec)).transpose();
+        Ok(Period {
+            pair: self.pair,
+            sizes: self.sizes.clone(),
+            init: [restore(&self.init[0])?, restore(&self.init[1])?],
+            failed: self.failed,
+        })
+    }
+}
+
 /// The serialised form of a session.
 #[derive(Serialize, Deserialize)]
 struct SavedSession {
@@ -132,9 +172,7 @@ struct SavedSession {
     cache: Vec<(usize, usize, f64, SavedTrigger)>,
     universal: Vec<(usize, SavedTrigger)>,
     bounds: Bounds,
-    period_sizes: [Vec<f64>; 2],
-    period_init: [Option<SavedTrigger>; 2],
-    period_failed: bool,
+    periods: Vec<SavedPeriod>,
     pool: Vec<SavedTensor>,
     rng: ChaCha8Rng,
     accuracy: AccuracyState,
@@ -164,9 +202,11 @@ impl Session {
                 .map(|(&t, trig)| Ok((t, SavedTrigger::from(trig)?)))
                 .collect::<Result<_>>()?,
             bounds: s.bounds.clone(),
-            period_sizes: s.period.sizes.clone(),
-            period_init: [saved_opt(&s.period.init[0])?, saved_opt(&s.period.init[1])?],
-            period_failed: s.period.failed,
+            periods: s
+                .periods
+                .iter()
+                .map(SavedPeriod::from)
+                .collect::<Result<_>>()?,
             pool: s
                 .pool
                 .0
@@ -246,6 +286,38 @@ fn check_phase(phase: &Phase, n: usize) -> Result<()> {
     }
 }
 
+/// The period's pairs: disjoint, no more than configured, the phase's pair
+/// first (and none outside orthogonalisation).
+fn restore_periods(saved: &SavedSession, spec: &SessionSpec) -> Result<Vec<Period>> {
+    let periods = saved
+        .periods
+        .iter()
+        .map(|p| p.restore(spec))
+        .collect::<Result<Vec<_>>>()?;
+    if periods.len() > saved.config.pairs_per_step {
+        return Err(bad(format!(
+            "{} pairs in the period, the configuration allows {}",
+            periods.len(),
+            saved.config.pairs_per_step
+        )));
+    }
+    for (i, a) in periods.iter().enumerate() {
+        if periods[..i].iter().any(|b| a.pair.overlaps(b.pair)) {
+            return Err(bad("the period's pairs share a class"));
+        }
+    }
+    let lead = periods.first().map(|p| p.pair);
+    match saved.phase {
+        Phase::Orthogonalize { pair, .. } if lead != Some(pair) => {
+            Err(bad("the period does not start with the phase's pair"))
+        }
+        // A session that finished keeps the pairs of its last period.
+        Phase::Orthogonalize { .. } | Phase::Done { .. } => Ok(periods),
+        _ if periods.is_empty() => Ok(periods),
+        _ => Err(bad("period pairs outside orthogonalisation")),
+    }
+}
+
 fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session> {
     check_spec(&saved.spec, expected)?;
     saved
@@ -305,19 +377,7 @@ fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session
             Ok(t)
         })
         .collect::<Result<Vec<_>>>()?;
-    let init = [
-        saved.period_init[0]
-            .as_ref()
-            .map(|t| t.restore(&spec))
-            .transpose()?,
-        saved.period_init[1]
-            .as_ref()
-            .map(|t| t.restore(&spec))
-            .transpose()?,
-    ];
-    if saved.period_sizes.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(bad("period sizes hold a non-finite value"));
-    }
+    let periods = restore_periods(&saved, &spec)?;
     let acc = &saved.accuracy;
     if [acc.baseline, acc.last]
         .iter()
@@ -334,11 +394,7 @@ fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session
         cache,
         universal,
         bounds: saved.bounds,
-        period: Period {
-            sizes: saved.period_sizes,
-            init,
-            failed: saved.period_failed,
-        },
+        periods,
         pool: Pool(pool),
         rng: saved.rng,
         accuracy: saved.accuracy,

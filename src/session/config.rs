@@ -76,6 +76,12 @@ pub struct SessionConfig {
     pub period: usize,
     /// Fraction of the smaller class's batch samples that get stamped.
     pub portion: f64,
+    /// Stamp at least this many samples per direction when the batch has
+    /// them (0 = the portion alone decides, as in the reference).
+    pub stamp_at_least: usize,
+    /// Disjoint pairs hardened together in each period (1 = the paper's
+    /// one pair at a time; `N/2` covers every class of the batch).
+    pub pairs_per_step: usize,
     /// Pair scheduler.
     pub scheduler: SchedulerConfig,
     /// Stamping bounds.
@@ -90,7 +96,16 @@ pub struct SessionConfig {
 }
 
 impl Default for SessionConfig {
+    /// The default preset ([`Preset::Default`]).
     fn default() -> Self {
+        Self::reference()
+    }
+}
+
+impl SessionConfig {
+    /// The reference preset: the authors' published defaults, kept exactly
+    /// so that their numbers can be reproduced (docs/algorithm.md).
+    pub fn reference() -> Self {
         SessionConfig {
             method: Method::Moth,
             seed: 0,
@@ -108,6 +123,8 @@ impl Default for SessionConfig {
             },
             period: 3,
             portion: 0.1,
+            stamp_at_least: 0,
+            pairs_per_step: 1,
             scheduler: SchedulerConfig::default(),
             bounds: BoundsConfig::default(),
             max_steps: 0,
@@ -173,6 +190,9 @@ impl SessionConfig {
         crate::config::validate_budget("later", &self.later)?;
         if self.period == 0 {
             return Err(Error::Config("period must be at least 1".into()));
+        }
+        if self.pairs_per_step == 0 {
+            return Err(Error::Config("pairs_per_step must be at least 1".into()));
         }
         crate::config::unit_interval("portion", self.portion)?;
         self.scheduler.validate()?;

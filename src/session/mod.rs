@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::algo::bounds::Bounds;
 use crate::algo::cache::TriggerCache;
-use crate::algo::scheduler::Scheduler;
+use crate::algo::scheduler::{Pair, Scheduler};
 use crate::algo::trigger::Trigger;
 use crate::error::{InputKind, PhaseKind};
 use crate::torch::model::Classifier;
@@ -112,15 +112,17 @@ pub enum AccuracyVerdict {
     },
 }
 
-/// The bookkeeping of the current period.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Period {
+/// The bookkeeping of one pair of the current period.
+#[derive(Debug, Clone)]
+struct Period {
+    /// The pair hardened.
+    pair: Pair,
     /// Sizes of each direction (`source -> target`, `target -> source`) so far.
-    pub sizes: [Vec<f64>; 2],
+    sizes: [Vec<f64>; 2],
     /// Running initial value of each direction.
-    pub init: [Option<Trigger>; 2],
+    init: [Option<Trigger>; 2],
     /// A direction failed earlier in this period.
-    pub failed: bool,
+    failed: bool,
 }
 
 /// Accuracy bookkeeping.
@@ -138,7 +140,7 @@ pub struct AccuracyState {
 /// Its tensors are only ever replaced, never written in place, so a clone
 /// may share them.
 #[derive(Debug)]
-pub(crate) struct Pool(pub Vec<Tensor>);
+struct Pool(Vec<Tensor>);
 
 impl Clone for Pool {
     fn clone(&self) -> Self {
@@ -148,32 +150,34 @@ impl Clone for Pool {
 
 /// The complete mutable state of a session.
 #[derive(Debug, Clone)]
-pub(crate) struct State {
-    pub phase: Phase,
-    pub step: u64,
-    pub orth_steps: u64,
-    pub scheduler: Scheduler,
-    pub cache: TriggerCache,
-    pub universal: BTreeMap<usize, Trigger>,
-    pub bounds: Bounds,
-    pub period: Period,
-    pub pool: Pool,
-    pub rng: ChaCha8Rng,
-    pub accuracy: AccuracyState,
-    pub pairwise_next: usize,
+struct State {
+    phase: Phase,
+    step: u64,
+    orth_steps: u64,
+    scheduler: Scheduler,
+    cache: TriggerCache,
+    universal: BTreeMap<usize, Trigger>,
+    bounds: Bounds,
+    /// One entry per pair of the current period (a matching of disjoint
+    /// pairs, the phase's pair first); empty outside orthogonalisation.
+    periods: Vec<Period>,
+    pool: Pool,
+    rng: ChaCha8Rng,
+    accuracy: AccuracyState,
+    pairwise_next: usize,
 }
 
 /// A resumable MOTH hardening session. See the module documentation.
 #[derive(Debug)]
 pub struct Session {
-    pub(crate) config: SessionConfig,
-    pub(crate) spec: SessionSpec,
-    pub(crate) state: State,
+    config: SessionConfig,
+    spec: SessionSpec,
+    state: State,
     /// Where the checkpoint this session was loaded from was written.
-    pub(crate) resumed_from: Option<crate::session::checkpoint::RunEnvironment>,
+    resumed_from: Option<crate::session::checkpoint::RunEnvironment>,
     /// The caller's CUDA stream for this session's work: a binding to this
     /// process, so never checkpointed.
-    pub(crate) stream: Option<CudaStream>,
+    stream: Option<CudaStream>,
 }
 
 impl Session {
@@ -203,7 +207,7 @@ impl Session {
             cache: TriggerCache::new(),
             universal: BTreeMap::new(),
             bounds: Bounds::new(&config.bounds, n, spec.input_shape),
-            period: Period::default(),
+            periods: Vec::new(),
             pool: Pool(
                 (0..n)
                     .map(|_| Tensor::zeros([0, c, h, w], (Kind::Float, Device::Cpu)))
@@ -370,10 +374,9 @@ impl Session {
         };
         match phase {
             Phase::Warmup { target } => next.warmup_step(&mut ctx, target)?,
-            Phase::Orthogonalize {
-                pair,
-                step_in_period,
-            } => next.orthogonalize_step(&mut ctx, pair, step_in_period)?,
+            Phase::Orthogonalize { step_in_period, .. } => {
+                next.orthogonalize_step(&mut ctx, step_in_period)?
+            }
             Phase::Universal { target } => next.universal_step(&mut ctx, target)?,
             Phase::Done { .. } => unreachable!("checked above"),
         }

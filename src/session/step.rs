@@ -9,7 +9,6 @@ use super::{
     DirectionReport, DoneReason, Method, Period, Phase, SessionConfig, SessionSpec, State,
 };
 use crate::algo::inversion::DirectionOutcome;
-use crate::algo::scheduler::Pair;
 use crate::algo::trigger::Trigger;
 use crate::algo::two_sided::{self, Side};
 use crate::algo::warmup::{self, WarmupConfig};
@@ -18,15 +17,15 @@ use crate::torch::model::Classifier;
 use crate::Result;
 
 /// What one step works on and produces.
-pub(crate) struct StepContext<'a> {
-    pub cfg: &'a SessionConfig,
-    pub spec: SessionSpec,
-    pub model: &'a mut dyn Classifier,
-    pub x: &'a Tensor,
-    pub labels: &'a [i64],
-    pub stamped: Tensor,
-    pub reports: Vec<DirectionReport>,
-    pub inversion_steps: usize,
+pub(super) struct StepContext<'a> {
+    pub(super) cfg: &'a SessionConfig,
+    pub(super) spec: SessionSpec,
+    pub(super) model: &'a mut dyn Classifier,
+    pub(super) x: &'a Tensor,
+    pub(super) labels: &'a [i64],
+    pub(super) stamped: Tensor,
+    pub(super) reports: Vec<DirectionReport>,
+    pub(super) inversion_steps: usize,
 }
 
 impl StepContext<'_> {
@@ -67,7 +66,7 @@ fn cpu_trigger(t: &Trigger) -> Result<Trigger> {
 impl State {
     /// Keeps up to `pool_per_class` samples of every class from the first
     /// batches: the warm-up's fixed inversion pool.
-    pub(crate) fn add_to_pool(
+    pub(super) fn add_to_pool(
         &mut self,
         cfg: &SessionConfig,
         x: &Tensor,
@@ -92,7 +91,7 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn warmup_step(&mut self, ctx: &mut StepContext, target: usize) -> Result<()> {
+    pub(super) fn warmup_step(&mut self, ctx: &mut StepContext, target: usize) -> Result<()> {
         let device = ctx.model.device();
         let pool = self
             .pool
@@ -111,7 +110,7 @@ impl State {
             &ctx.cfg.inversion,
             seed,
         )?;
-        ctx.inversion_steps += ctx.cfg.warmup.budget.steps;
+        ctx.inversion_steps += u.outcome.steps;
         let trigger = cpu_trigger(&u.outcome.trigger)?;
         let size = u.outcome.size;
         let stamped =
@@ -160,7 +159,7 @@ impl State {
         Ok(chosen.len())
     }
 
-    pub(crate) fn universal_step(&mut self, ctx: &mut StepContext, target: usize) -> Result<()> {
+    pub(super) fn universal_step(&mut self, ctx: &mut StepContext, target: usize) -> Result<()> {
         let device = ctx.model.device();
         let per_class = (0..ctx.spec.num_classes)
             .map(|c| {
@@ -207,7 +206,7 @@ impl State {
             &ctx.cfg.inversion,
             seed,
         )?;
-        ctx.inversion_steps += budget.steps;
+        ctx.inversion_steps += u.outcome.steps;
         let trigger = cpu_trigger(&u.outcome.trigger)?;
         let stamped = self.stamp_universal(
             ctx,
@@ -230,45 +229,102 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn orthogonalize_step(
+    /// One step of the current period: every pair of the matching that has
+    /// enough samples in the batch is inverted (both directions, or one for
+    /// the asymmetric baseline) and stamped. Pairs that need the long budget
+    /// (first step of a period, or a failure earlier in it) are inverted
+    /// together, the others together, so a step runs at most two joint
+    /// inversions whatever the number of pairs.
+    pub(super) fn orthogonalize_step(
         &mut self,
         ctx: &mut StepContext,
-        pair: Pair,
         step_in_period: usize,
     ) -> Result<()> {
         let cfg = ctx.cfg;
-        let (s, t) = (pair.source, pair.target);
-        let pos = [ctx.positions(s), ctx.positions(t)];
-        let n = (pos[0].len().min(pos[1].len()) as f64 * cfg.portion).floor() as usize;
-        if n == 0 {
-            return Ok(()); // too few samples of the pair: train on the clean batch
+        let mut plans = Vec::new();
+        for (index, period) in self.periods.iter_mut().enumerate() {
+            let (s, t) = (period.pair.source, period.pair.target);
+            let positions = [ctx.positions(s), ctx.positions(t)];
+            let n = stamp_count(cfg, positions[0].len().min(positions[1].len()));
+            if n == 0 {
+                continue; // too few samples of the pair: it stays clean this step
+            }
+            let restart = step_in_period == 0 || period.failed || cfg.method == Method::Pairwise;
+            period.failed = false;
+            // Which directions: 0 = s -> t, 1 = t -> s.
+            let dirs = match cfg.method {
+                Method::Asymmetric => vec![self.rng.random_range(0..2)],
+                _ => vec![0, 1],
+            };
+            plans.push(PairPlan {
+                index,
+                positions,
+                n,
+                restart,
+                dirs,
+            });
         }
-        let restart = step_in_period == 0 || self.period.failed || cfg.method == Method::Pairwise;
-        let budget = if restart { cfg.first } else { cfg.later };
-        if self.period.failed {
-            self.period.failed = false;
+        let mut outcomes: Vec<Vec<Option<DirectionOutcome>>> =
+            plans.iter().map(|_| vec![None, None]).collect();
+        for restart in [true, false] {
+            self.invert_group(ctx, &plans, restart, &mut outcomes)?;
         }
-        // Which directions this step generates: 0 = s -> t, 1 = t -> s.
-        let dirs: Vec<usize> = match cfg.method {
-            Method::Asymmetric => vec![self.rng.random_range(0..2)],
-            _ => vec![0, 1],
-        };
-        let samples = [ctx.samples(&pos[0])?, ctx.samples(&pos[1])?];
-        let ends = [(s, t), (t, s)];
-        let sides = dirs
+        for (plan, found) in plans.iter().zip(outcomes) {
+            for (d, o) in found.into_iter().enumerate() {
+                if let Some(o) = o {
+                    self.apply_direction(ctx, plan, d, &o)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inverts, in one joint optimisation, every planned direction whose
+    /// pair has the given budget kind; stores the outcomes by pair and side.
+    fn invert_group(
+        &mut self,
+        ctx: &mut StepContext,
+        plans: &[PairPlan],
+        restart: bool,
+        outcomes: &mut [Vec<Option<DirectionOutcome>>],
+    ) -> Result<()> {
+        let members: Vec<(usize, usize)> = plans
             .iter()
-            .map(|&d| Side {
-                samples: &samples[d],
-                victim: ends[d].0,
-                target: ends[d].1,
-                init: self.period.init[d].clone(),
+            .enumerate()
+            .filter(|(_, p)| p.restart == restart)
+            .flat_map(|(i, p)| p.dirs.iter().map(move |&d| (i, d)))
+            .collect();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let budget = if restart {
+            ctx.cfg.first
+        } else {
+            ctx.cfg.later
+        };
+        let samples = members
+            .iter()
+            .map(|&(i, d)| ctx.samples(&plans[i].positions[d]))
+            .collect::<Result<Vec<_>>>()?;
+        let sides = members
+            .iter()
+            .zip(&samples)
+            .map(|(&(i, d), x)| {
+                let period = &self.periods[plans[i].index];
+                let (victim, target) = period.pair.direction(d);
+                Side {
+                    samples: x,
+                    victim,
+                    target,
+                    init: period.init[d].clone(),
+                }
             })
             .collect();
         let seed = self.rng.random();
-        let outcomes = two_sided::generate(ctx.model, sides, budget, &cfg.inversion, seed)?;
-        ctx.inversion_steps += budget.steps;
-        for (&d, o) in dirs.iter().zip(&outcomes) {
-            self.apply_direction(ctx, d, ends[d], &pos[d], n, o)?;
+        let found = two_sided::generate(ctx.model, sides, budget, &ctx.cfg.inversion, seed)?;
+        ctx.inversion_steps += found.first().map_or(0, |o| o.steps);
+        for (&(i, d), o) in members.iter().zip(found) {
+            outcomes[i][d] = Some(o);
         }
         Ok(())
     }
@@ -277,30 +333,30 @@ impl State {
     fn apply_direction(
         &mut self,
         ctx: &mut StepContext,
+        plan: &PairPlan,
         d: usize,
-        (victim, target): (usize, usize),
-        positions: &[i64],
-        n: usize,
         o: &DirectionOutcome,
     ) -> Result<()> {
         let cfg = ctx.cfg;
+        let period = &mut self.periods[plan.index];
+        let (victim, target) = period.pair.direction(d);
         let bound = self.bounds.limit(&cfg.bounds, victim, target);
         let mut stamped = 0;
         if o.reached {
             let trigger = cpu_trigger(&o.trigger)?;
             if self.bounds.allows(&cfg.bounds, victim, target, o.size) {
-                let chosen = pick(&mut self.rng, positions, n);
+                let chosen = pick(&mut self.rng, &plan.positions[d], plan.n);
                 ctx.stamp(&trigger, &chosen)?;
                 stamped = chosen.len();
             }
             if cfg.method != Method::Pairwise {
                 self.cache.offer(victim, target, &trigger, o.size);
-                self.period.init[d] = Some(trigger);
+                period.init[d] = Some(trigger);
             }
         } else {
-            self.period.failed = true;
+            period.failed = true;
         }
-        self.period.sizes[d].push(o.size);
+        period.sizes[d].push(o.size);
         ctx.reports.push(DirectionReport {
             victim: Some(victim),
             target,
@@ -313,7 +369,7 @@ impl State {
     }
 
     /// Advances counters and the phase after a successful step.
-    pub(crate) fn finish_step(&mut self, cfg: &SessionConfig) {
+    pub(super) fn finish_step(&mut self, cfg: &SessionConfig) {
         let n = self.scheduler.classes();
         self.step += 1;
         self.phase = match self.phase {
@@ -333,7 +389,7 @@ impl State {
                         step_in_period: step_in_period + 1,
                     }
                 } else {
-                    self.end_period(cfg, pair);
+                    self.end_periods(cfg);
                     self.start_hardening(cfg)
                 }
             }
@@ -363,55 +419,82 @@ impl State {
         if cfg.method == Method::Universal {
             return Phase::Universal { target: 0 };
         }
-        let pair = match cfg.method {
-            Method::Pairwise => self.next_pairwise(),
-            _ => self
-                .scheduler
-                .choose(&cfg.scheduler, self.orth_steps, &mut self.rng),
+        let pairs = match cfg.method {
+            Method::Pairwise => {
+                let pair = self.scheduler.cycle_pair(self.pairwise_next);
+                self.pairwise_next = self.pairwise_next.wrapping_add(1);
+                vec![pair]
+            }
+            _ => self.scheduler.choose_matching(
+                &cfg.scheduler,
+                self.orth_steps,
+                &mut self.rng,
+                cfg.pairs_per_step,
+            ),
         };
-        self.period = Period::default();
-        if cfg.method != Method::Pairwise {
-            self.period.init = [
-                self.cache.get(pair.source, pair.target).cloned(),
-                self.cache.get(pair.target, pair.source).cloned(),
-            ];
-        }
+        let reuse = cfg.method != Method::Pairwise;
+        self.periods = pairs
+            .iter()
+            .map(|&pair| Period {
+                pair,
+                sizes: [Vec::new(), Vec::new()],
+                init: [0, 1].map(|d| {
+                    let (v, t) = pair.direction(d);
+                    self.cache.get(v, t).filter(|_| reuse).cloned()
+                }),
+                failed: false,
+            })
+            .collect();
         Phase::Orthogonalize {
-            pair,
+            pair: pairs[0],
             step_in_period: 0,
         }
     }
 
-    /// Pairwise baseline: the unordered pairs in a fixed cycle.
-    fn next_pairwise(&mut self) -> Pair {
-        let n = self.scheduler.classes();
-        let pairs: Vec<Pair> = (0..n)
-            .flat_map(|a| {
-                (a + 1..n).map(move |b| Pair {
-                    source: a,
-                    target: b,
-                })
-            })
-            .collect();
-        let p = pairs[self.pairwise_next % pairs.len()];
-        self.pairwise_next = (self.pairwise_next + 1) % pairs.len();
-        self.scheduler.count[p.source][p.target] += 1.0;
-        self.scheduler.count[p.target][p.source] += 1.0;
-        p
+    /// The post-selection update and bound growth of every pair, with the
+    /// period's mean sizes.
+    fn end_periods(&mut self, cfg: &SessionConfig) {
+        for period in &self.periods {
+            let pair = period.pair;
+            let (st, ts) = (
+                mean_success(&period.sizes[0]),
+                mean_success(&period.sizes[1]),
+            );
+            self.scheduler.end_period(pair, st, ts);
+            self.bounds.grow(&cfg.bounds, pair.source, pair.target, st);
+            self.bounds.grow(&cfg.bounds, pair.target, pair.source, ts);
+        }
     }
+}
 
-    fn end_period(&mut self, cfg: &SessionConfig, pair: Pair) {
-        let avg = |v: &[f64]| {
-            let ok: Vec<f64> = v.iter().copied().filter(|&s| s > 0.0).collect();
-            if ok.is_empty() {
-                0.0
-            } else {
-                ok.iter().sum::<f64>() / ok.len() as f64
-            }
-        };
-        let (st, ts) = (avg(&self.period.sizes[0]), avg(&self.period.sizes[1]));
-        self.scheduler.end_period(pair, st, ts);
-        self.bounds.grow(&cfg.bounds, pair.source, pair.target, st);
-        self.bounds.grow(&cfg.bounds, pair.target, pair.source, ts);
+/// Mean of the successful (non-zero) sizes; 0 when none.
+fn mean_success(v: &[f64]) -> f64 {
+    let ok: Vec<f64> = v.iter().copied().filter(|&s| s > 0.0).collect();
+    if ok.is_empty() {
+        0.0
+    } else {
+        ok.iter().sum::<f64>() / ok.len() as f64
     }
+}
+
+/// Samples to stamp per direction when the smaller class of a pair has
+/// `smaller` samples in the batch: the portion of them (rounded down),
+/// raised to `stamp_at_least` where the batch has that many.
+fn stamp_count(cfg: &SessionConfig, smaller: usize) -> usize {
+    let by_portion = (smaller as f64 * cfg.portion).floor() as usize;
+    by_portion.max(cfg.stamp_at_least.min(smaller))
+}
+
+/// What one pair of the matching does in this step.
+struct PairPlan {
+    /// Its entry in `State::periods`.
+    index: usize,
+    /// Batch positions of the pair's source and target classes.
+    positions: [Vec<i64>; 2],
+    /// Samples stamped per direction.
+    n: usize,
+    /// Whether it gets the long (first-step) budget.
+    restart: bool,
+    /// The directions generated (0 = source -> target).
+    dirs: Vec<usize>,
 }

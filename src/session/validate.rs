@@ -9,7 +9,7 @@ use crate::{Error, Result};
 impl SessionSpec {
     /// Checks a batch against the session's spec with a single host read;
     /// returns the labels.
-    pub(crate) fn validate_batch(&self, x: &Tensor, y: &Tensor) -> Result<Vec<i64>> {
+    pub(super) fn validate_batch(&self, x: &Tensor, y: &Tensor) -> Result<Vec<i64>> {
         let [c, h, w] = self.input_shape;
         let xs = x.size();
         if xs.len() != 4 || xs[1..] != [c, h, w] {

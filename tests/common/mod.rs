@@ -102,7 +102,7 @@ pub fn small_config(
         seed,
         accuracy_every: 0,
         portion: 0.2,
-        ..SessionConfig::default()
+        ..SessionConfig::reference()
     };
     cfg.warmup.budget = InversionBudget {
         steps: warmup,
