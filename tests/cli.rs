@@ -50,7 +50,31 @@ fn base_model(dir: &Path) -> String {
         "train", "--epochs", "1", "--limit", "3000", "--out", &p, "--device", "cpu",
     ]);
     assert!(out.contains("test accuracy"), "{out}");
+    assert!(out.contains("(3000 images"), "--limit is honoured: {out}");
     p
+}
+
+/// Sends SIGINT (Ctrl-C) to a child.
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: plain kill(2) on our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+}
+
+/// Text shows no Rust `Debug` rendering of devices, phases or reasons.
+fn assert_plain_names(what: &str, text: &str) {
+    for debug in [
+        "Cpu",
+        "Cuda(",
+        "Done {",
+        "StepBudget",
+        "AccuracyBound",
+        "Some(",
+    ] {
+        assert!(!text.contains(debug), "{what} holds '{debug}':\n{text}");
+    }
 }
 
 /// The history of a report without its timings.
@@ -162,7 +186,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let b = std::fs::read(split.join("hardened.moth")).unwrap();
     assert!(a == b, "hardened models are bit-identical");
     let inspect = ok(&["inspect", split.join("run.ckpt").to_str().unwrap()]);
-    assert!(inspect.contains("Done"), "{inspect}");
+    assert!(inspect.contains("phase: done"), "{inspect}");
 }
 
 #[test]
@@ -197,11 +221,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    // SAFETY: plain kill(2) on our own child.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    interrupt(&child);
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{rest:?}");
@@ -271,4 +291,169 @@ fn clear_errors_for_bad_input() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint rejected"));
     let out = moth(&["distance", "--device", "tpu"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn report_and_inspect_use_plain_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = base_model(dir.path());
+    let out_dir = dir.path().join("run");
+    let out = ok(&[
+        "harden",
+        "--model",
+        &model,
+        "--epochs",
+        "0.02",
+        "--samples",
+        "2",
+        "--steps",
+        "5",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("device cpu") && out.contains("with moth"),
+        "{out}"
+    );
+    assert!(out.contains("MOTH report (moth)"), "{out}");
+    assert_plain_names("harden output", &out);
+    let text = std::fs::read_to_string(out_dir.join("report.json")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["method"], "moth");
+    assert_eq!(report["done_reason"], "step-budget");
+    assert!(
+        report["final_phase"].as_str().unwrap().starts_with("done"),
+        "{}",
+        report["final_phase"]
+    );
+    assert_plain_names("report.json", &text);
+    for png in ["before.png", "after.png", "difference.png"] {
+        assert!(out_dir.join(png).exists(), "{png}");
+    }
+    let inspect = ok(&["inspect", out_dir.join("run.ckpt").to_str().unwrap()]);
+    assert!(inspect.contains("method moth"), "{inspect}");
+    assert_plain_names("inspect output", &inspect);
+}
+
+#[test]
+fn partial_session_config_is_accepted() {
+    // A nested object with one key: merged into the defaults. The model
+    // path is wrong, so the run fails after the settings were accepted.
+    for command in ["harden", "bench"] {
+        let out = moth(&[
+            command,
+            "--session-config",
+            r#"{"first":{"steps":10}}"#,
+            "--model",
+            "/nonexistent/partial.moth",
+            "--device",
+            "cpu",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            !err.contains("invalid configuration") && err.contains("/nonexistent/partial.moth"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
+fn batch_zero_is_refused() {
+    let cases: [&[&str]; 2] = [
+        &["train", "--batch", "0", "--device", "cpu"],
+        &["harden", "--batch", "0", "--no-distance", "--device", "cpu"],
+    ];
+    for args in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = moth_in(dir.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("--batch must be at least 1"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!dir.path().join("runs").exists(), "{args:?} wrote files");
+    }
+}
+
+#[test]
+fn help_lists_session_config_keys_and_checkpoint_folder() {
+    for command in ["harden", "bench"] {
+        let help = ok(&[command, "--help"]);
+        for key in [
+            "method",
+            "inversion",
+            "scheduler",
+            "max_steps",
+            "max_accuracy_drop",
+        ] {
+            assert!(help.contains(key), "{command} --help lacks {key}:\n{help}");
+        }
+    }
+    let help = ok(&["harden", "--help"]);
+    assert!(help.contains("run.ckpt into the --out folder"), "{help}");
+}
+
+#[test]
+fn ctrl_c_stops_a_distance_measurement_and_a_second_one_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = base_model(dir.path());
+    let out_dir = dir.path().join("d");
+    let mut child = Command::new(MOTH)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .args([
+            "distance",
+            "--model",
+            &model,
+            "--samples",
+            "8",
+            "--steps",
+            "300",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in stdout.by_ref() {
+        if line.unwrap().starts_with("protocol:") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt(&child);
+    // The measurement notices it after the source class it is on ...
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let noticed = rx
+        .iter()
+        .any(|l| l.contains("interrupted: stopping when this distance measurement ends"));
+    assert!(noticed, "the interruption was announced");
+    // ... and a second Ctrl-C ends the process at once (unless it is over).
+    let started = std::time::Instant::now();
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+    assert!(
+        !out_dir.join("distances.json").exists(),
+        "no result written"
+    );
 }

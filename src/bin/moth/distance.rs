@@ -1,0 +1,91 @@
+//! `moth distance`, and the measurement with progress that `harden` and
+//! `bench` use too.
+
+use moth::algo::distance::{self, DistanceMatrix, Samples};
+use moth::config::DistanceConfig;
+use moth::io::dataset::{Dataset, Split};
+use moth::torch::model::{Classifier, Model};
+
+use crate::args::DistanceArgs;
+use crate::progress::{bar, hidden, Progress};
+use crate::report::{print_matrix, write_distance_outputs};
+use crate::{Failure, Outcome};
+
+pub fn run(a: &DistanceArgs) -> Outcome {
+    let (mut model, classes) =
+        crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
+    let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    if classes.len() == test_set.num_classes() {
+        test_set.classes = classes;
+    }
+    let cfg = a.protocol.config(model.device());
+    println!(
+        "measuring class distances of {} ({})",
+        a.model.path.display(),
+        model.describe()
+    );
+    println!("protocol: {}", cfg.describe());
+    let m = measure_with_progress(&mut model, &test_set, &cfg)?;
+    print_matrix(&m);
+    write_distance_outputs(&m, &a.out, "class distances")?;
+    Ok(())
+}
+
+/// All class distances of `model` on `data`, with a progress bar.
+pub fn measure_with_progress(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &DistanceConfig,
+) -> Outcome<DistanceMatrix> {
+    let pb = bar(
+        0,
+        "distances [{bar:30}] {pos}/{len} pairs, {elapsed} elapsed, ETA {eta}",
+    );
+    let m = measure(model, data, cfg, &pb);
+    pb.finish_and_clear();
+    m
+}
+
+/// All class distances of `model` on `data`, showing nothing.
+pub fn measure_quietly(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &DistanceConfig,
+) -> Outcome<DistanceMatrix> {
+    measure(model, data, cfg, &hidden())
+}
+
+/// The library's measurement. It cannot be stopped half-way: Ctrl-C is
+/// noticed after each source class (and announced), and the measurement
+/// is then refused once it returns (a second Ctrl-C exits at once).
+fn measure(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &DistanceConfig,
+    pb: &Progress,
+) -> Outcome<DistanceMatrix> {
+    let mut announced = false;
+    let m = distance::measure(
+        model,
+        Samples {
+            images: &data.images,
+            labels: data.labels_vec(),
+            classes: &data.classes,
+        },
+        cfg,
+        &mut |p| {
+            pb.set_length(p.total as u64);
+            pb.set_position(p.done as u64);
+            if !announced && crate::interrupted() {
+                announced = true;
+                pb.note("interrupted: stopping when this distance measurement ends (Ctrl-C again to quit now)");
+            }
+        },
+    )?;
+    if crate::interrupted() {
+        return Err(Failure::Stopped(
+            "interrupted while measuring class distances".into(),
+        ));
+    }
+    Ok(m)
+}

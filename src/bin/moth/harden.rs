@@ -1,0 +1,395 @@
+//! `moth harden`: distances before, the hardening loop (checkpointed,
+//! stoppable with Ctrl-C, resumable), distances after, the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use moth::algo::distance::DistanceMatrix;
+use moth::config::DistanceConfig;
+use moth::io::dataset::{Dataset, Split};
+use moth::runner::{HardenRun, RunConfig, StepRecord};
+use moth::session::{Phase, Session, SessionConfig};
+use moth::torch::model::{self, Classifier, Model};
+
+use crate::args::{check_batch, parse_session_config, HardenArgs};
+use crate::distance::measure_with_progress;
+use crate::progress::{bar, Progress};
+use crate::report::{create_dir, device_name, print_matrix, write_harden_report, HardenReport};
+use crate::{Failure, Outcome};
+
+/// What `--resume` needs besides the run checkpoint: the settings that
+/// shape the final report and the "before" half of it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct HardenNotes {
+    model: String,
+    method: String,
+    no_distance: bool,
+    distance: DistanceConfig,
+    accuracy_before: f64,
+    before: Option<DistanceMatrix>,
+    seconds_before_hardening: f64,
+    harden_seconds_so_far: f64,
+}
+
+/// The data of a run.
+struct Data {
+    train: Dataset,
+    test: Dataset,
+}
+
+pub fn run(a: &HardenArgs) -> Outcome {
+    let wall = Instant::now();
+    // Settings first: a typo must not cost a model training.
+    let session_cfg = match a.resume {
+        Some(_) => None,
+        None => Some(session_config(a)?),
+    };
+    let mut data = Data {
+        train: Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?,
+        test: Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?,
+    };
+    let (mut run, mut notes, out) = match (&a.resume, session_cfg) {
+        (Some(dir), _) => resume(a, dir, &data.train, &data.test)?,
+        (None, Some(cfg)) => {
+            let (run, notes) = start(a, cfg, &data.train, &mut data.test)?;
+            (run, notes, a.out.clone())
+        }
+        (None, None) => unreachable!("a new run has its settings"),
+    };
+    if let Some(b) = &notes.before {
+        data.test.classes = b.classes.clone();
+    }
+    create_dir(&out)?;
+    let ckpt = out.join("run.ckpt");
+    notes.harden_seconds_so_far = harden_loop(&mut run, &notes, a, &out)?;
+    save(&run, &notes, &ckpt)?;
+    finish(run, notes, &data, &out, wall)
+}
+
+/// The session settings: `--session-config`, then the dedicated options.
+fn session_config(a: &HardenArgs) -> moth::Result<SessionConfig> {
+    check_batch(a.batch)?;
+    let mut cfg = parse_session_config(a.session_config.as_deref())?;
+    cfg.method = a.method;
+    cfg.seed = a.common.seed;
+    cfg.max_accuracy_drop = a.max_drop / 100.0;
+    cfg.bounds.mode = a.bounds.mode();
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Continues the run in DIR from its checkpoint.
+fn resume<'d>(
+    a: &HardenArgs,
+    dir: &Path,
+    train_set: &'d Dataset,
+    test_set: &Dataset,
+) -> moth::Result<(HardenRun<'d>, HardenNotes, PathBuf)> {
+    let path = dir.join("run.ckpt");
+    let bytes = moth::io::container::read_file(&path)?;
+    let device = a.common.device.resolve()?;
+    let (run, extra) = HardenRun::resume(&bytes, device, train_set, test_set)?;
+    let notes: HardenNotes = serde_json::from_str(&extra)
+        .map_err(|e| moth::Error::Checkpoint(format!("{}: bad run notes: {e}", path.display())))?;
+    pin_threads(&run.session);
+    println!(
+        "resuming {} from {} at step {} of {} ({})",
+        notes.model,
+        path.display(),
+        run.session.step(),
+        run.session.config().max_steps,
+        run.session.phase()
+    );
+    Ok((run, notes, dir.to_path_buf()))
+}
+
+/// CPU results are bit-identical only with the thread count the run started
+/// with: the CLI owns its process, so it pins it.
+fn pin_threads(session: &Session) {
+    if let Some(env) = session.resumed_from() {
+        let now = tch::get_num_threads();
+        if env.threads > 0 && env.threads != now {
+            println!(
+                "pinning libtorch to {} threads as in the interrupted run (was {now})",
+                env.threads
+            );
+            tch::set_num_threads(env.threads);
+        }
+    }
+}
+
+/// A new run: the model, its accuracy and distances before, the runner.
+fn start<'d>(
+    a: &HardenArgs,
+    session_cfg: SessionConfig,
+    train_set: &'d Dataset,
+    test_set: &mut Dataset,
+) -> Outcome<(HardenRun<'d>, HardenNotes)> {
+    let start = Instant::now();
+    let (mut base, classes) =
+        crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
+    if classes.len() == test_set.num_classes() {
+        test_set.classes = classes;
+    }
+    let device = base.device();
+    let dcfg = a.protocol.config(device);
+    let run_cfg = RunConfig {
+        epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 1.0 }),
+        batch: a.batch,
+        ..RunConfig::default()
+    };
+    print_plan(a, &base, &run_cfg);
+    let acc_before = test_accuracy(&mut base, test_set)?;
+    println!("clean test accuracy before: {:.2}%", 100.0 * acc_before);
+    let before = match a.no_distance {
+        true => None,
+        false => Some(distances_before(&mut base, test_set, &dcfg)?),
+    };
+    let run = HardenRun::new(base, session_cfg, run_cfg, train_set, test_set)?;
+    let notes = HardenNotes {
+        model: a.model.path.display().to_string(),
+        method: a.method.name().to_string(),
+        no_distance: a.no_distance,
+        distance: dcfg,
+        accuracy_before: acc_before,
+        before,
+        seconds_before_hardening: start.elapsed().as_secs_f64(),
+        harden_seconds_so_far: 0.0,
+    };
+    Ok((run, notes))
+}
+
+fn print_plan(a: &HardenArgs, model: &Model, run_cfg: &RunConfig) {
+    println!(
+        "hardening {} ({}) with {}, {} epoch(s) after warm-up, batch {}, bounds {}, device {}, {} libtorch threads",
+        a.model.path.display(),
+        model.describe(),
+        a.method.name(),
+        run_cfg.epochs,
+        run_cfg.batch,
+        a.bounds.name(),
+        device_name(model.device()),
+        tch::get_num_threads()
+    );
+}
+
+fn test_accuracy(model: &mut Model, test_set: &Dataset) -> moth::Result<f64> {
+    model::accuracy(
+        model,
+        &test_set.images,
+        &test_set.labels,
+        model::ACCURACY_BATCH,
+    )
+}
+
+fn distances_before(
+    model: &mut Model,
+    test_set: &Dataset,
+    dcfg: &DistanceConfig,
+) -> Outcome<DistanceMatrix> {
+    println!("distances before hardening ({})", dcfg.describe());
+    let m = measure_with_progress(model, test_set, dcfg)
+        .map_err(|f| f.with_note("hardening had not started: nothing written"))?;
+    print_matrix(&m);
+    Ok(m)
+}
+
+/// Writes the run checkpoint (atomically) with the notes.
+fn save(run: &HardenRun, notes: &HardenNotes, ckpt: &Path) -> moth::Result<()> {
+    let extra = serde_json::to_string(notes).map_err(|e| moth::Error::input(e.to_string()))?;
+    moth::io::container::write_atomic(ckpt, &run.checkpoint(&extra)?)
+}
+
+/// Steps until the session is done, checkpointing every
+/// `--checkpoint-every` steps; Ctrl-C (or `--stop-after-step`) checkpoints
+/// and stops. Returns the hardening seconds, earlier sessions included.
+fn harden_loop(
+    run: &mut HardenRun,
+    notes: &HardenNotes,
+    a: &HardenArgs,
+    out: &Path,
+) -> Outcome<f64> {
+    println!(
+        "hardening loop started at step {} of {} (Ctrl-C checkpoints and stops; checkpoint every {} steps)",
+        run.session.step(),
+        run.session.config().max_steps,
+        a.checkpoint_every
+    );
+    let loop_start = Instant::now();
+    let spent = || notes.harden_seconds_so_far + loop_start.elapsed().as_secs_f64();
+    let ckpt = out.join("run.ckpt");
+    let pb = bar(
+        run.session.config().max_steps,
+        "{msg}\n[{bar:30}] step {pos}/{len}, {elapsed} elapsed, ETA {eta}",
+    );
+    pb.set_position(run.session.step());
+    while run.step()? {
+        let s = run.session.step();
+        show_step(&pb, run);
+        let stop = stop_request(a, s);
+        if stop.is_some() || (a.checkpoint_every > 0 && s % a.checkpoint_every == 0) {
+            let notes = HardenNotes {
+                harden_seconds_so_far: spent(),
+                ..notes.clone()
+            };
+            save(run, &notes, &ckpt)?;
+        }
+        if let Some(word) = stop {
+            pb.finish_and_clear();
+            return Err(Failure::Stopped(format!(
+                "{word} at step {s}: checkpoint written to {}\nresume with: moth harden --resume {}",
+                ckpt.display(),
+                out.display()
+            )));
+        }
+    }
+    pb.finish_and_clear();
+    Ok(spent())
+}
+
+/// Why the loop should stop after step `s`, if it should.
+fn stop_request(a: &HardenArgs, s: u64) -> Option<&'static str> {
+    if crate::interrupted() {
+        Some("interrupted")
+    } else if a.stop_after_step == Some(s) {
+        Some("stopped")
+    } else {
+        None
+    }
+}
+
+fn show_step(pb: &Progress, run: &HardenRun) {
+    pb.set_position(run.session.step());
+    if let Some(r) = run.history.last() {
+        pb.set_message(step_message(r, &run.session));
+    }
+}
+
+fn step_message(r: &StepRecord, s: &Session) -> String {
+    let sizes: Vec<String> = r
+        .directions
+        .iter()
+        .map(|d| format!("{:.1}{}", d.size, if d.stamped > 0 { "*" } else { "" }))
+        .collect();
+    let acc = s
+        .accuracy()
+        .last
+        .map(|a| format!("{:.2}%", 100.0 * a))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}: trigger sizes [{}] (*=stamped), loss {:.3}, held-out acc {acc}",
+        r.phase,
+        sizes.join(", "),
+        r.loss
+    )
+}
+
+/// Accuracy and distances after, the hardened model and the report.
+fn finish(
+    mut run: HardenRun,
+    notes: HardenNotes,
+    data: &Data,
+    out: &Path,
+    wall: Instant,
+) -> Outcome {
+    println!(
+        "hardening stopped after {} steps ({:.1} s of hardening): {}{}",
+        run.session.step(),
+        notes.harden_seconds_so_far,
+        run.session.phase(),
+        if run.restored_last_good() {
+            " (returned to the last model within the accuracy bound)"
+        } else {
+            ""
+        }
+    );
+    let acc_after = test_accuracy(&mut run.model, &data.test)?;
+    println!(
+        "clean test accuracy after: {:.2}% (change {:+.2} points)",
+        100.0 * acc_after,
+        100.0 * (acc_after - notes.accuracy_before)
+    );
+    let model_path = save_hardened(&run.model, out, &data.train.classes)?;
+    let after = match &notes.before {
+        None => None,
+        Some(_) => Some(distances_after(
+            &mut run.model,
+            &data.test,
+            &notes,
+            out,
+            &model_path,
+        )?),
+    };
+    let report = build_report(&run, notes, acc_after, after, wall);
+    write_harden_report(&report, out)?;
+    Ok(())
+}
+
+/// DIR/hardened.moth (or hardened.pt for a TorchScript model).
+fn save_hardened(model: &Model, out: &Path, classes: &[String]) -> moth::Result<PathBuf> {
+    let ext = if model.is_torchscript() { "pt" } else { "moth" };
+    let path = out.join(format!("hardened.{ext}"));
+    model.save(&path, classes)?;
+    println!("hardened model written to {}", path.display());
+    Ok(path)
+}
+
+fn distances_after(
+    model: &mut Model,
+    test_set: &Dataset,
+    notes: &HardenNotes,
+    out: &Path,
+    model_path: &Path,
+) -> Outcome<DistanceMatrix> {
+    println!("distances after hardening ({})", notes.distance.describe());
+    let m = measure_with_progress(model, test_set, &notes.distance).map_err(|f| {
+        f.with_note(&format!(
+            "the hardened model is in {}; no report written\n\
+             to measure the distances after and write the report: moth harden --resume {}",
+            model_path.display(),
+            out.display()
+        ))
+    })?;
+    print_matrix(&m);
+    Ok(m)
+}
+
+fn build_report(
+    run: &HardenRun,
+    notes: HardenNotes,
+    accuracy_after: f64,
+    after: Option<DistanceMatrix>,
+    wall: Instant,
+) -> HardenReport {
+    let phase = run.session.phase();
+    let done_reason = match phase {
+        Phase::Done { reason } => Some(reason.name().to_string()),
+        _ => None,
+    };
+    let enlargement = notes
+        .before
+        .as_ref()
+        .zip(after.as_ref())
+        .map(|(b, a)| b.enlargement(a));
+    HardenReport {
+        method: run.session.config().method.name().to_string(),
+        model: notes.model,
+        device: device_name(run.model.device()),
+        steps: run.session.step(),
+        final_phase: phase.to_string(),
+        done_reason,
+        accuracy_before: notes.accuracy_before,
+        accuracy_after,
+        enlargement,
+        mean_before: notes.before.as_ref().map(DistanceMatrix::mean),
+        mean_after: after.as_ref().map(DistanceMatrix::mean),
+        harden_seconds: notes.harden_seconds_so_far,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        protocol: notes.distance.describe(),
+        before: notes.before,
+        after,
+        session_config: run.session.config().clone(),
+        pair_counts: run.session.scheduler().count.clone(),
+        history: run.history.clone(),
+    }
+}

@@ -1,0 +1,168 @@
+//! What the commands print and write: distance matrices (table,
+//! distances.json, heatmap), and the before/after report of `harden`
+//! (summary, report.json, heatmaps).
+
+use std::path::{Path, PathBuf};
+
+use moth::algo::distance::DistanceMatrix;
+
+use crate::heatmap::{self, HeatmapSpec, Scale};
+
+/// Side of a heatmap cell in pixels.
+const CELL_PX: u32 = 48;
+
+/// A device as users write it: `cpu`, `cuda:0`, ...
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
+
+/// The matrix as a table, with its mean.
+pub fn print_matrix(m: &DistanceMatrix) {
+    println!("{}", m.to_table());
+    println!(
+        "mean distance {:.2} over {} measured pairs ({} failed), measured in {:.1} s",
+        m.mean(),
+        m.measured().count(),
+        m.failed.len(),
+        m.seconds
+    );
+}
+
+pub fn create_dir(dir: &Path) -> moth::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| moth::Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> moth::Result<()> {
+    let json =
+        serde_json::to_string_pretty(value).map_err(|e| moth::Error::input(e.to_string()))?;
+    std::fs::write(path, json)
+        .map_err(|e| moth::Error::io(format!("writing {}", path.display()), e))
+}
+
+fn spec<'a>(title: &'a str, labels: &'a [String], scale: Scale) -> HeatmapSpec<'a> {
+    HeatmapSpec {
+        title,
+        labels,
+        scale,
+        cell_px: CELL_PX,
+    }
+}
+
+/// DIR/distances.json and DIR/heatmap.png.
+pub fn write_distance_outputs(m: &DistanceMatrix, dir: &Path, title: &str) -> moth::Result<()> {
+    create_dir(dir)?;
+    let jpath = dir.join("distances.json");
+    write_json(&jpath, m)?;
+    let hpath = dir.join("heatmap.png");
+    heatmap::write_png(
+        &hpath,
+        &m.values,
+        &spec(title, &m.classes, Scale::Sequential),
+    )?;
+    println!("wrote {} and {}", jpath.display(), hpath.display());
+    Ok(())
+}
+
+/// The result of a `harden` run, as written to report.json.
+#[derive(serde::Serialize)]
+pub struct HardenReport {
+    /// `moth`, `universal`, `pairwise` or `asymmetric`.
+    pub method: String,
+    pub model: String,
+    /// `cpu`, `cuda:N`.
+    pub device: String,
+    pub steps: u64,
+    /// Where the session ended, in words.
+    pub final_phase: String,
+    /// `step-budget` or `accuracy-bound` (null when the run is not done).
+    pub done_reason: Option<String>,
+    pub accuracy_before: f64,
+    pub accuracy_after: f64,
+    pub enlargement: Option<f64>,
+    pub mean_before: Option<f64>,
+    pub mean_after: Option<f64>,
+    pub harden_seconds: f64,
+    pub wall_seconds: f64,
+    pub protocol: String,
+    pub before: Option<DistanceMatrix>,
+    pub after: Option<DistanceMatrix>,
+    pub session_config: moth::session::SessionConfig,
+    pub pair_counts: Vec<Vec<f64>>,
+    pub history: Vec<moth::runner::StepRecord>,
+}
+
+/// Writes DIR/report.json and the heatmaps, and prints the summary.
+pub fn write_harden_report(r: &HardenReport, dir: &Path) -> moth::Result<()> {
+    let path = dir.join("report.json");
+    write_json(&path, r)?;
+    if let (Some(b), Some(a)) = (&r.before, &r.after) {
+        write_heatmaps(b, a, dir)?;
+    }
+    print_summary(r, &path);
+    Ok(())
+}
+
+/// before.png, after.png and difference.png.
+fn write_heatmaps(b: &DistanceMatrix, a: &DistanceMatrix, dir: &Path) -> moth::Result<()> {
+    let labels = &b.classes;
+    let png = |name: &str| -> PathBuf { dir.join(name) };
+    heatmap::write_png(
+        &png("before.png"),
+        &b.values,
+        &spec("distance before", labels, Scale::Sequential),
+    )?;
+    heatmap::write_png(
+        &png("after.png"),
+        &a.values,
+        &spec("distance after", labels, Scale::Sequential),
+    )?;
+    heatmap::write_png(
+        &png("difference.png"),
+        &b.difference(a),
+        &spec("after - before", labels, Scale::Diverging),
+    )
+}
+
+fn print_summary(r: &HardenReport, path: &Path) {
+    println!("\n=== MOTH report ({}) ===", r.method);
+    println!(
+        "clean accuracy: {:.2}% -> {:.2}% ({:+.2} points)",
+        100.0 * r.accuracy_before,
+        100.0 * r.accuracy_after,
+        100.0 * (r.accuracy_after - r.accuracy_before)
+    );
+    if let (Some(mb), Some(ma), Some(e)) = (r.mean_before, r.mean_after, r.enlargement) {
+        println!(
+            "mean class distance: {mb:.2} -> {ma:.2}; relative enlargement {:+.1}%",
+            100.0 * e
+        );
+        println!("distance protocol: {}", r.protocol);
+    }
+    println!(
+        "hardening steps: {} ({}), {:.1} s; whole run {:.1} s",
+        r.steps, r.final_phase, r.harden_seconds, r.wall_seconds
+    );
+    println!(
+        "wrote {} (and before/after/difference heatmaps)",
+        path.display()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_read_as_users_write_them() {
+        assert_eq!(device_name(tch::Device::Cpu), "cpu");
+        assert_eq!(device_name(tch::Device::Cuda(0)), "cuda:0");
+        assert_eq!(device_name(tch::Device::Cuda(3)), "cuda:3");
+    }
+}
