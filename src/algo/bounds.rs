@@ -89,6 +89,12 @@ impl Bounds {
         size > 0.0 && size < self.limit(cfg, victim, target)
     }
 
+    /// Whether a universal trigger of `size` may be stamped: universal
+    /// triggers have no pair, so only the fixed cap applies.
+    pub fn allows_universal(&self, size: f64) -> bool {
+        size > 0.0 && size < self.cap
+    }
+
     /// Sets the growing bound from the warm-up distance.
     pub fn seed(&mut self, cfg: &BoundsConfig, victim: usize, target: usize, size: f64) {
         self.per_pair[victim][target] = if size > 0.0 {

@@ -15,10 +15,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::algo::cost_schedule::CostSchedule;
 use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
 use crate::error::InputKind;
 use crate::torch::model::Classifier;
+use crate::torch::train::{adam_update, AdamRule};
 use crate::{Error, Result};
 
 /// One direction of an inversion task: flip the samples of `sets[set]` to
@@ -67,64 +69,6 @@ pub struct DirectionOutcome {
     pub sample_loss_start: Vec<f64>,
     /// Per-sample cross-entropy with the best trigger (when recorded and reached).
     pub sample_loss_best: Vec<f64>,
-}
-
-/// The cost schedule of one direction (patience counters, ALGORITHM.md §2).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CostSchedule {
-    /// Current weight of the mask L1 term.
-    pub cost: f64,
-    init_cost: f64,
-    up: usize,
-    down: usize,
-    zero_hits: usize,
-}
-
-impl CostSchedule {
-    /// Starts at `init_cost`.
-    pub fn new(init_cost: f64) -> Self {
-        CostSchedule {
-            cost: init_cost,
-            init_cost,
-            up: 0,
-            down: 0,
-            zero_hits: 0,
-        }
-    }
-
-    /// Updates after a step whose ASR did (`reached`) or did not reach the bound.
-    pub fn update(&mut self, reached: bool, cfg: &InversionConfig) {
-        if self.cost == 0.0 {
-            // A zero cost cannot be scaled; once the bound holds for a whole
-            // patience window the initial cost is brought back.
-            self.zero_hits = if reached { self.zero_hits + 1 } else { 0 };
-            if self.zero_hits >= cfg.patience {
-                self.cost = if self.init_cost > 0.0 {
-                    self.init_cost
-                } else {
-                    1e-3
-                };
-                self.zero_hits = 0;
-                self.up = 0;
-                self.down = 0;
-            }
-            return;
-        }
-        if reached {
-            self.up += 1;
-            self.down = 0;
-        } else {
-            self.up = 0;
-            self.down += 1;
-        }
-        if self.up >= cfg.patience {
-            self.up = 0;
-            self.cost *= cfg.cost_factor;
-        } else if self.down >= cfg.patience {
-            self.down = 0;
-            self.cost /= cfg.cost_factor.powf(1.5);
-        }
-    }
 }
 
 /// Mini-batch layout of a task: every mini-batch takes `width` positions of
@@ -214,7 +158,8 @@ fn uniform(
         .f_to_device(device)?)
 }
 
-/// Adam state for the two parameter tensors of a task.
+/// Adam state for the two parameter tensors of a task (the update rule
+/// is the training optimiser's, [`adam_update`]).
 struct Adam {
     m: [Tensor; 2],
     v: [Tensor; 2],
@@ -238,20 +183,17 @@ impl Adam {
         cfg: &InversionConfig,
     ) -> Result<()> {
         self.t += 1;
-        let bc1 = 1.0 - cfg.beta1.powi(self.t);
-        let bc2 = 1.0 - cfg.beta2.powi(self.t);
+        let rule = AdamRule {
+            lr: cfg.lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+        };
         crate::torch::grad::no_grad(|| -> Result<()> {
             for (i, p) in params.into_iter().enumerate() {
-                let g = &grads[i];
-                self.m[i] = self.m[i]
-                    .f_mul_scalar(cfg.beta1)?
-                    .f_add(&g.f_mul_scalar(1.0 - cfg.beta1)?)?;
-                self.v[i] = self.v[i]
-                    .f_mul_scalar(cfg.beta2)?
-                    .f_add(&g.f_square()?.f_mul_scalar(1.0 - cfg.beta2)?)?;
-                let denom = self.v[i].f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(1e-8)?;
-                let update = self.m[i].f_div(&denom)?.f_mul_scalar(cfg.lr / bc1)?;
-                let _ = p.f_sub_(&update)?;
+                let step = adam_update(&rule, &grads[i], &self.m[i], &self.v[i], self.t)?;
+                self.m[i] = step.m;
+                self.v[i] = step.v;
+                let _ = p.f_sub_(&step.update)?;
             }
             Ok(())
         })
@@ -598,47 +540,4 @@ fn collect_outcomes(
         });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cost_rises_after_patience_successes_and_falls_after_failures() {
-        let cfg = InversionConfig::default();
-        let mut s = CostSchedule::new(1e-3);
-        for _ in 0..9 {
-            s.update(true, &cfg);
-        }
-        assert_eq!(s.cost, 1e-3);
-        s.update(true, &cfg);
-        assert!((s.cost - 1.5e-3).abs() < 1e-15);
-        for _ in 0..10 {
-            s.update(false, &cfg);
-        }
-        assert!((s.cost - 1.5e-3 / 1.5f64.powf(1.5)).abs() < 1e-15);
-        // A success in between resets the failure counter.
-        let before = s.cost;
-        for _ in 0..9 {
-            s.update(false, &cfg);
-        }
-        s.update(true, &cfg);
-        for _ in 0..9 {
-            s.update(false, &cfg);
-        }
-        assert_eq!(s.cost, before);
-    }
-
-    #[test]
-    fn zero_cost_comes_back_to_initial_after_patience() {
-        let cfg = InversionConfig::default();
-        let mut s = CostSchedule::new(0.0);
-        for _ in 0..9 {
-            s.update(true, &cfg);
-        }
-        assert_eq!(s.cost, 0.0);
-        s.update(true, &cfg);
-        assert!(s.cost > 0.0);
-    }
 }

@@ -251,9 +251,9 @@ fn bad(msg: impl Into<String>) -> Error {
 }
 
 fn check_spec(saved: &SessionSpec, expected: Option<SessionSpec>) -> Result<()> {
-    if saved.num_classes < 2 || saved.input_shape.iter().any(|&d| d <= 0) {
-        return Err(bad(format!("invalid model description {saved:?}")));
-    }
+    saved
+        .validate()
+        .map_err(|e| bad(format!("invalid model description: {e}")))?;
     if let Some(e) = expected {
         if e.num_classes != saved.num_classes {
             return Err(bad(format!(

@@ -37,6 +37,7 @@ mod validate;
 pub use config::{Method, SessionConfig};
 pub use phase::{DoneReason, Phase};
 use step::StepContext;
+pub use validate::MAX_INPUT_VALUES;
 
 /// The largest class count a session accepts: its four N x N matrices and
 /// N(N-1) cached triggers grow quadratically.
@@ -184,18 +185,7 @@ impl Session {
     /// A new session for a model with `spec`, starting in warm-up.
     pub fn new(config: SessionConfig, spec: SessionSpec) -> Result<Self> {
         config.validate()?;
-        if spec.num_classes < 2 || spec.num_classes > MAX_CLASSES {
-            return Err(Error::Config(format!(
-                "need between 2 and {MAX_CLASSES} classes, got {}",
-                spec.num_classes
-            )));
-        }
-        if spec.input_shape.iter().any(|&d| d <= 0) {
-            return Err(Error::Config(format!(
-                "input shape {:?} must be positive",
-                spec.input_shape
-            )));
-        }
+        spec.validate()?;
         let n = spec.num_classes;
         let [_, h, w] = spec.input_shape;
         let c = spec.input_shape[0];

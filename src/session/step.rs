@@ -146,7 +146,7 @@ impl State {
         size: f64,
         ratio: f64,
     ) -> Result<usize> {
-        if !(size > 0.0 && size < self.bounds.cap) {
+        if !self.bounds.allows_universal(size) {
             return Ok(0);
         }
         let others = positions_except(ctx.labels, target);

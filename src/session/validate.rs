@@ -2,11 +2,36 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::SessionSpec;
+use super::{SessionSpec, MAX_CLASSES};
 use crate::error::InputKind;
 use crate::{Error, Result};
 
+/// The most input values (`C * H * W`) a session accepts: triggers and
+/// their sizes are computed over them, and beyond this the products that
+/// size tensors overflow long before memory runs out.
+pub const MAX_INPUT_VALUES: i64 = 1 << 28;
+
 impl SessionSpec {
+    /// Checks the class count (2 to [`MAX_CLASSES`]) and the input shape
+    /// (every dimension positive, `C * H * W` at most [`MAX_INPUT_VALUES`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.num_classes < 2 || self.num_classes > MAX_CLASSES {
+            return Err(Error::Config(format!(
+                "need between 2 and {MAX_CLASSES} classes, got {}",
+                self.num_classes
+            )));
+        }
+        let [c, h, w] = self.input_shape;
+        let values = c.checked_mul(h).and_then(|ch| ch.checked_mul(w));
+        match values {
+            Some(v) if c > 0 && h > 0 && w > 0 && v <= MAX_INPUT_VALUES => Ok(()),
+            _ => Err(Error::Config(format!(
+                "input shape {c}x{h}x{w} must have positive dimensions and at most \
+                 {MAX_INPUT_VALUES} values"
+            ))),
+        }
+    }
+
     /// Checks a batch against the session's spec with a single host read;
     /// returns the labels.
     pub(super) fn validate_batch(&self, x: &Tensor, y: &Tensor) -> Result<Vec<i64>> {

@@ -84,6 +84,54 @@ impl OptimizerConfig {
     }
 }
 
+/// Adam's hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamRule {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+}
+
+/// The new moments and the update to subtract from the parameter.
+#[derive(Debug)]
+pub struct AdamStep {
+    /// First moment after this step.
+    pub m: Tensor,
+    /// Second moment after this step.
+    pub v: Tensor,
+    /// `lr * m_hat / (sqrt(v_hat) + 1e-8)`.
+    pub update: Tensor,
+}
+
+/// One Adam step (Kingma and Ba) with gradient `g`, the moments `m`, `v`
+/// before it and the 1-based step count `t`. The one implementation that
+/// both trigger inversion and model training use; call it without grad.
+pub fn adam_update(
+    rule: &AdamRule,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    t: i32,
+) -> Result<AdamStep> {
+    let m = m
+        .f_mul_scalar(rule.beta1)?
+        .f_add(&g.f_mul_scalar(1.0 - rule.beta1)?)?;
+    let v = v
+        .f_mul_scalar(rule.beta2)?
+        .f_add(&g.f_square()?.f_mul_scalar(1.0 - rule.beta2)?)?;
+    let denom = v
+        .f_div_scalar(1.0 - rule.beta2.powi(t))?
+        .f_sqrt()?
+        .f_add_scalar(1e-8)?;
+    let update = m
+        .f_div(&denom)?
+        .f_mul_scalar(rule.lr / (1.0 - rule.beta1.powi(t)))?;
+    Ok(AdamStep { m, v, update })
+}
+
 /// An optimiser over a model's trainable parameters (in name order).
 #[derive(Debug)]
 pub struct Optimizer {
@@ -165,21 +213,15 @@ impl Optimizer {
                         .f_mul_scalar(cfg.lr)?
                     }
                     OptimizerKind::Adam { beta1, beta2 } => {
-                        let t = self.steps as i32;
-                        let m = st[0]
-                            .f_mul_scalar(beta1)?
-                            .f_add(&g.f_mul_scalar(1.0 - beta1)?)?;
-                        let v = st[1]
-                            .f_mul_scalar(beta2)?
-                            .f_add(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
-                        st[0].f_copy_(&m)?;
-                        st[1].f_copy_(&v)?;
-                        let denom = v
-                            .f_div_scalar(1.0 - beta2.powi(t))?
-                            .f_sqrt()?
-                            .f_add_scalar(1e-8)?;
-                        m.f_div(&denom)?
-                            .f_mul_scalar(cfg.lr / (1.0 - beta1.powi(t)))?
+                        let rule = AdamRule {
+                            lr: cfg.lr,
+                            beta1,
+                            beta2,
+                        };
+                        let step = adam_update(&rule, &g, &st[0], &st[1], self.steps as i32)?;
+                        st[0].f_copy_(&step.m)?;
+                        st[1].f_copy_(&step.v)?;
+                        step.update
                     }
                 };
                 let mut p = p.shallow_clone();
@@ -272,11 +314,8 @@ pub fn epoch_batches(n: usize, batch: usize, seed: u64) -> Vec<Vec<i64>> {
 
 /// Gathers the samples at `indices` of a dataset.
 pub fn gather(data: &Dataset, indices: &[i64]) -> Result<(Tensor, Tensor)> {
-    let idx = Tensor::f_from_slice(indices)?;
-    Ok((
-        data.images.f_index_select(0, &idx)?,
-        data.labels.f_index_select(0, &idx)?,
-    ))
+    let batch = data.select(indices)?;
+    Ok((batch.images, batch.labels))
 }
 
 /// Trains `model` for `epochs` on `data` (plain training, used to build a
