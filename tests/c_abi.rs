@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use moth::ffi::buffer::*;
 use moth::ffi::classifier::*;
 use moth::ffi::config::*;
 use moth::ffi::log::*;
@@ -104,6 +105,10 @@ struct Linear {
     w: Tensor,
     b: Tensor,
     fail_with: Option<i32>,
+    /// Return 0 without storing logits.
+    null_logits: bool,
+    /// Switch grad mode off (and leave it off) before answering.
+    grad_off: bool,
     reenter: *mut moth_session,
     reenter_status: Cell<Option<S>>,
     calls: AtomicUsize,
@@ -121,6 +126,8 @@ impl Linear {
             w: Tensor::from_slice(&w).reshape([3, PIXELS]),
             b: Tensor::from_slice(&[0f32, -10.0, -10.0]),
             fail_with: None,
+            null_logits: false,
+            grad_off: false,
             reenter: null_mut(),
             reenter_status: Cell::new(None),
             calls: AtomicUsize::new(0),
@@ -137,6 +144,12 @@ unsafe extern "C" fn linear_forward(
     // SAFETY: `user` is the Linear registered with the classifier.
     let m = unsafe { &*(user as *const Linear) };
     m.calls.fetch_add(1, Ordering::Relaxed);
+    if m.grad_off {
+        std::mem::forget(moth::torch::grad::GradGuard::set(false));
+    }
+    if m.null_logits {
+        return 0;
+    }
     if let Some(code) = m.fail_with {
         // SAFETY: a static C string.
         let _ = unsafe { moth_callback_set_error(c"model exploded".as_ptr()) };
@@ -1814,7 +1827,11 @@ fn phases_flow_signals_and_reports() {
         assert_eq!(moth_session_wants_accuracy(s, &mut wanted), S::Ok);
         assert!(wanted);
         assert_eq!(harden(s, clf, &x, &y), S::AccuracyWanted);
-        assert!(session_error(s).contains("clean-accuracy report is due"));
+        let msg = session_error(s);
+        assert!(
+            msg.contains("clean-accuracy report is due (moth_session_report_accuracy)"),
+            "{msg}"
+        );
         assert_eq!(step_of(s), 0);
         let mut v = moth_verdict::Exceeded;
         let mut drop = 5.0;
@@ -1832,7 +1849,7 @@ fn phases_flow_signals_and_reports() {
         expect(
             moth_session_report_accuracy(s, 0.9, &mut v, null_mut()),
             S::Phase,
-            "no accuracy report is due",
+            "no accuracy report is due (see moth_session_wants_accuracy)",
         );
         assert_eq!(harden(s, clf, &x, &y), S::Ok);
         assert_eq!(moth_session_last_report(s, &mut r), S::Ok);
@@ -1928,6 +1945,7 @@ fn callback_failures_are_reported_and_leave_the_session_unchanged() {
             S::Callback,
             "model exploded",
         );
+        assert!(logits.is_null());
         moth_tensor_free(xt);
         expect(
             moth_classifier_save(clf, cstring("/tmp/x.pt").as_ptr()),
@@ -1941,6 +1959,29 @@ fn callback_failures_are_reported_and_leave_the_session_unchanged() {
         freed_before + 1,
         "user data freed once"
     );
+    // Success without logits is a callback failure too.
+    let mut m = Linear::new();
+    m.null_logits = true;
+    let clf = classifier_with(m);
+    assert_eq!(harden(s, clf, &x, &y), S::Callback);
+    assert!(
+        session_error(s).contains("forward callback returned 0 but left logits_out NULL"),
+        "{}",
+        session_error(s)
+    );
+    assert_eq!(step_of(s), 0);
+    // SAFETY: live handles.
+    unsafe {
+        let xt = tensor(&x);
+        let mut logits = null_mut();
+        expect(
+            moth_classifier_forward(clf, xt, &mut logits),
+            S::Callback,
+            "left logits_out NULL",
+        );
+        moth_tensor_free(xt);
+        moth_classifier_free(clf);
+    }
     // A callback calling back into the session that invoked it gets BUSY.
     let mut m = Linear::new();
     m.reenter = s;
@@ -1957,6 +1998,77 @@ fn callback_failures_are_reported_and_leave_the_session_unchanged() {
     // SAFETY: live handles.
     unsafe {
         moth_classifier_free(clf);
+        moth_session_free(s);
+    }
+}
+
+/// No call leaves the host's thread with another grad mode than it had:
+/// failing calls (a callback failing inside the inversion, which runs with
+/// autograd on, or inside a no-grad forward), calls whose callback switched
+/// autograd off and left it so, and successful steps, with autograd on and
+/// off in the host.
+#[test]
+fn calls_leave_the_hosts_grad_mode_as_it_was() {
+    use moth::torch::grad::{is_enabled, GradGuard};
+    let s = session(QUICK);
+    let (x, y) = batch(4, 6);
+    let failing = {
+        let mut m = Linear::new();
+        m.fail_with = Some(3);
+        classifier_with(m)
+    };
+    let switching = {
+        let mut m = Linear::new();
+        m.grad_off = true;
+        classifier_with(m)
+    };
+    let plain = classifier();
+    for host_mode in [true, false] {
+        let _host = GradGuard::set(host_mode);
+        // The switching callback's logits do not require gradients, which
+        // the inversion refuses.
+        for (clf, hardened, want) in [
+            (failing, S::Callback, S::Callback),
+            (switching, S::Callback, S::Ok),
+            (plain, S::Ok, S::Ok),
+        ] {
+            assert_eq!(harden(s, clf, &x, &y), hardened, "{}", session_error(s));
+            assert_eq!(is_enabled(), host_mode, "after harden_batch ({hardened:?})");
+            if clf == switching {
+                let msg = session_error(s);
+                assert!(msg.contains("do not require gradients"), "{msg}");
+            }
+            let xt = tensor(&x);
+            let mut logits = null_mut();
+            // SAFETY: live handles.
+            let st = unsafe { moth_classifier_forward(clf, xt, &mut logits) };
+            assert_eq!(st, want);
+            assert_eq!(
+                is_enabled(),
+                host_mode,
+                "after classifier_forward ({want:?})"
+            );
+            // SAFETY: made above (NULL is fine).
+            unsafe {
+                moth_tensor_free(logits);
+                moth_tensor_free(xt);
+            }
+        }
+        // A call refused before any work (a NULL argument).
+        let mut step = 0;
+        // SAFETY: NULL session is what is tested.
+        assert_eq!(
+            unsafe { moth_session_step(null(), &mut step) },
+            S::NullPointer
+        );
+        assert_eq!(is_enabled(), host_mode);
+    }
+    assert!(is_enabled());
+    // SAFETY: live handles.
+    unsafe {
+        for clf in [failing, switching, plain] {
+            moth_classifier_free(clf);
+        }
         moth_session_free(s);
     }
 }
