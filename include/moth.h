@@ -30,8 +30,10 @@
  *
  * CUDA
  * - moth runs libtorch on the calling thread, so its kernels go to that thread's current
- *   CUDA stream: make your stream current (c10::cuda::CUDAStreamGuard) around moth calls.
- *   moth_session_set_cuda_stream() is not implemented (MOTH_STATUS_UNSUPPORTED), see there.
+ *   CUDA stream: make your stream current (c10::cuda::CUDAStreamGuard) around moth calls, or
+ *   give a session its own stream with moth_session_set_cuda_stream(), which moth makes
+ *   current (with its device) for each moth_session_harden_batch call and restores after it.
+ *   In a process without CUDA that call returns MOTH_STATUS_UNSUPPORTED.
  * - libmoth.so links libtorch_cpu.so only; CUDA becomes available once libtorch_cuda.so is
  *   loaded in the process (a C++ program linking libtorch_cuda, or moth loading it on the
  *   first CUDA request).
@@ -158,7 +160,8 @@ enum moth_status
      */
     MOTH_STATUS_IO = -12,
     /**
-     * A file could not be parsed (a TorchScript module, a dataset).
+     * A file could not be parsed (a TorchScript module, a dataset), or a
+     * value could not be serialised (a configuration to JSON).
      */
     MOTH_STATUS_FORMAT = -13,
     /**
@@ -170,7 +173,10 @@ enum moth_status
      */
     MOTH_STATUS_TORCH = -15,
     /**
-     * A caller-supplied callback returned a non-zero status.
+     * A caller-supplied callback failed: it returned a non-zero status, or
+     * a forward callback returned 0 without storing logits, or with logits
+     * that gradients cannot flow through (detached, or computed with
+     * autograd off).
      */
     MOTH_STATUS_CALLBACK = -16,
     /**
@@ -654,6 +660,20 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Writes the buffer's start and length. The bytes stay valid, unchanged,
+ * until `moth_buffer_free`.
+ */
+MOTH_MUST_USE
+moth_status moth_buffer_data(const moth_buffer *buffer,
+                             const uint8_t **out_data,
+                             size_t *out_len);
+
+/**
+ * Frees a buffer. `moth_buffer_free(NULL)` does nothing.
+ */
+void moth_buffer_free(moth_buffer *buffer);
+
+/**
  * Loads a TorchScript module (saved with `torch.jit.save`) whose forward
  * takes `[n, c, h, w]` float inputs in `[0, 1]` (normalisation belongs
  * inside the module) and returns logits `[n, classes]`, onto `device`. The
@@ -812,7 +832,9 @@ void moth_session_free(moth_session *session);
  * inversion on `classifier` (in evaluation mode), then stamping. On success
  * `*stamped_out` receives a new tensor (same device, shape and order as
  * `x`; labels are unchanged) to train on; free it with `moth_tensor_free`.
- * The step report is then available from `moth_session_last_report`.
+ * The step report is then available from `moth_session_last_report`. The
+ * step runs with autograd on, also when called from inside the caller's
+ * no-grad scope; the calling thread's grad mode is restored on return.
  *
  * Flow signals (nothing was done, the session is unchanged):
  * `MOTH_STATUS_DONE` once the session finished, and
@@ -975,20 +997,6 @@ MOTH_MUST_USE
 moth_status moth_session_cuda_stream(const moth_session *session,
                                      int32_t *out_device,
                                      void **out_stream);
-
-/**
- * Writes the buffer's start and length. The bytes stay valid, unchanged,
- * until `moth_buffer_free`.
- */
-MOTH_MUST_USE
-moth_status moth_buffer_data(const moth_buffer *buffer,
-                             const uint8_t **out_data,
-                             size_t *out_len);
-
-/**
- * Frees a buffer. `moth_buffer_free(NULL)` does nothing.
- */
-void moth_buffer_free(moth_buffer *buffer);
 
 /**
  * Saves the session to a checkpoint file at `path`, atomically (a

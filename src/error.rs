@@ -48,6 +48,20 @@ pub enum Error {
     /// libtorch reported an error (shown without its C++ backtrace).
     #[error("libtorch: {}", torch_message(.0))]
     Torch(#[from] tch::TchError),
+    /// A caller-supplied callback (a forward pass or train/eval switch of a
+    /// model behind the C ABI) failed; the message says which callback,
+    /// its status and the reason it left, if any.
+    #[error("{0}")]
+    Callback(String),
+    /// A value could not be serialised (to JSON, to a checkpoint payload):
+    /// not the caller's input, so not [`Error::Input`].
+    #[error("cannot serialise {what}: {message}")]
+    Encode {
+        /// What was being serialised ("the configuration").
+        what: String,
+        /// The serialiser's message.
+        message: String,
+    },
 }
 
 /// In which way input data was wrong, for callers that react differently
@@ -141,6 +155,15 @@ impl Error {
             kind,
             message: message.into(),
         })
+    }
+
+    /// A serialisation failure of `what` (serde_json's or bincode's error
+    /// as `err`).
+    pub fn encode(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Error::Encode {
+            what: what.into(),
+            message: err.to_string(),
+        }
     }
 
     /// A parse error located in a file.

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::session::moth_session;
 use super::status::{moth_status, set_thread_error, FfiError, FfiResult};
+use crate::torch::grad::GradGuard;
 
 /// Runs the body of an exported function inside the boundary. Forms:
 ///
@@ -34,13 +34,13 @@ use super::status::{moth_status, set_thread_error, FfiError, FfiResult};
 /// - `ffi_boundary!("name", void, { body })`: the body returns `FfiResult<()>`
 ///   and the function returns nothing (the `_free` functions).
 ///
-/// A test (`tests/c_abi.rs`) checks that every `extern "C"` function's body
+/// A test (`tests/c_abi_boundary.rs`) checks that every `extern "C"` function's body
 /// is exactly one invocation of this macro.
 macro_rules! ffi_boundary {
     ($name:literal, session = $s:expr, $body:block) => {
         $crate::ffi::boundary::run_status(
             $name,
-            $s as *const $crate::ffi::session::moth_session,
+            Some($crate::ffi::boundary::recorder($s)),
             false,
             || -> $crate::ffi::status::FfiResult<()> { $body },
         )
@@ -48,7 +48,7 @@ macro_rules! ffi_boundary {
     ($name:literal, quiet, $body:block) => {
         $crate::ffi::boundary::run_status(
             $name,
-            ::std::ptr::null(),
+            None,
             true,
             || -> $crate::ffi::status::FfiResult<()> { $body },
         )
@@ -64,11 +64,27 @@ macro_rules! ffi_boundary {
     ($name:literal, $body:block) => {
         $crate::ffi::boundary::run_status(
             $name,
-            ::std::ptr::null(),
+            None,
             false,
             || -> $crate::ffi::status::FfiResult<()> { $body },
         )
     };
+}
+
+/// An object that keeps a record of the failures of calls made on it (the
+/// session handle: its last error and log callback), and that a panic can
+/// poison. The boundary knows objects only through this trait, so that it
+/// depends on no handle type.
+pub(crate) trait ErrorRecord {
+    /// Whether a panic poisoned the object.
+    fn is_poisoned(&self) -> bool;
+    /// Stores a failed call's status and message on the object.
+    fn record_error(&self, status: moth_status, message: &str);
+}
+
+/// The handle pointer `p` (may be NULL) as the boundary sees it.
+pub(crate) fn recorder<T: ErrorRecord + 'static>(p: *const T) -> *const dyn ErrorRecord {
+    p
 }
 
 /// The text of a panic payload.
@@ -82,24 +98,34 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Runs `f` with panics caught and with the thread's grad mode restored
+/// afterwards, whatever `f` did to it, before any of the caller's callbacks
+/// see the outcome (a C++ host whose thread was left with autograd off
+/// crashes on its next backward pass).
+fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let _grad = GradGuard::keep();
+    catch_unwind(AssertUnwindSafe(f))
+}
+
 /// Runs `f`, catching panics; returns its status and records failures (on
-/// this thread and, when `session` is not NULL, on the session).
+/// this thread and, when `on` is a non-NULL handle, on that object).
 pub(crate) fn run_status<F>(
     name: &'static str,
-    session: *const moth_session,
+    on: Option<*const dyn ErrorRecord>,
     quiet: bool,
     f: F,
 ) -> moth_status
 where
     F: FnOnce() -> FfiResult<()>,
 {
-    let err = match catch_unwind(AssertUnwindSafe(f)) {
+    // SAFETY: `on` is NULL or the live handle the caller passed to this very
+    // call (C contract), alive until it returns.
+    let on = on.and_then(|p| unsafe { p.as_ref() });
+    let err = match guarded(f) {
         Ok(Ok(())) => return moth_status::Ok,
         Ok(Err(e)) => e,
         Err(payload) => {
-            // SAFETY: `session` is NULL or the live handle the caller passed
-            // to this very call.
-            let poisoned = !session.is_null() && unsafe { (*session).is_poisoned() };
+            let poisoned = on.is_some_and(|o| o.is_poisoned());
             FfiError::new(
                 moth_status::Panic,
                 format!(
@@ -117,12 +143,9 @@ where
     if !quiet {
         let message = format!("{name}: {}", err.message);
         set_thread_error(&message);
-        if !session.is_null() {
+        if let Some(o) = on {
             // Recording must not panic out of the boundary either.
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: as above.
-                unsafe { (*session).record_error(err.status, &message) }
-            }));
+            let _ = catch_unwind(AssertUnwindSafe(|| o.record_error(err.status, &message)));
         }
     }
     err.status
@@ -134,7 +157,7 @@ pub(crate) fn run_value<T, F>(name: &'static str, fallback: T, f: F) -> T
 where
     F: FnOnce() -> FfiResult<T>,
 {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match guarded(f) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             set_thread_error(&format!("{name}: {}", e.message));
@@ -344,7 +367,7 @@ mod tests {
 
     #[test]
     fn panics_become_status_and_message() {
-        let st = run_status("test_fn", std::ptr::null(), false, || panic!("boom"));
+        let st = run_status("test_fn", None, false, || panic!("boom"));
         assert_eq!(st, moth_status::Panic);
         let mut needed = 0usize;
         let mut buf = vec![0 as c_char; 256];
@@ -354,6 +377,42 @@ mod tests {
         let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
         assert!(msg.contains("test_fn") && msg.contains("boom"), "{msg}");
         assert_eq!(run_value("v", 7, || -> FfiResult<i32> { panic!("x") }), 7);
+    }
+
+    /// Whatever a body does to grad mode before it fails, panics or even
+    /// succeeds, the caller's thread gets its own mode back.
+    #[test]
+    fn the_runners_restore_grad_mode() {
+        use crate::torch::grad::{is_enabled, GradGuard};
+        let switch_off = || std::mem::forget(GradGuard::set(false));
+        for host_mode in [true, false] {
+            let _host = GradGuard::set(host_mode);
+            let flip = || std::mem::forget(GradGuard::set(!host_mode));
+            let st = run_status("panics", None, true, || {
+                flip();
+                panic!("with grad mode flipped")
+            });
+            assert_eq!(st, moth_status::Panic);
+            assert_eq!(is_enabled(), host_mode, "after a panic");
+            let st = run_status("fails", None, true, || {
+                flip();
+                Err(FfiError::invalid("with grad mode flipped"))
+            });
+            assert_eq!(st, moth_status::InvalidArgument);
+            assert_eq!(is_enabled(), host_mode, "after an error");
+            let st = run_status("succeeds", None, true, || {
+                flip();
+                Ok(())
+            });
+            assert_eq!(st, moth_status::Ok);
+            assert_eq!(is_enabled(), host_mode, "after a success");
+            let v = run_value("panics", 1, || -> FfiResult<i32> {
+                switch_off();
+                panic!("with grad mode off")
+            });
+            assert_eq!((v, is_enabled()), (1, host_mode));
+        }
+        assert!(is_enabled());
     }
 
     #[test]

@@ -50,18 +50,6 @@ pub type moth_set_train_fn =
 thread_local! {
     /// Message a callback left with `moth_callback_set_error`.
     static CALLBACK_MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
-    /// The last callback failure on this thread, for the status mapping.
-    static CALLBACK_FAILURE: RefCell<Option<FfiError>> = const { RefCell::new(None) };
-}
-
-/// Forgets any recorded callback failure (before a call that runs callbacks).
-pub(crate) fn clear_callback_failure() {
-    CALLBACK_FAILURE.with(|f| f.borrow_mut().take());
-}
-
-/// The callback failure recorded since [`clear_callback_failure`], if any.
-pub(crate) fn take_callback_failure() -> Option<FfiError> {
-    CALLBACK_FAILURE.with(|f| f.borrow_mut().take())
 }
 
 /// A classifier implemented by caller callbacks.
@@ -79,13 +67,7 @@ impl CallbackClassifier {
             .with(|m| m.borrow_mut().take())
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
-        let message = format!("{what} callback returned status {status}{detail}");
-        CALLBACK_FAILURE.with(|f| {
-            *f.borrow_mut() = Some(FfiError::new(moth_status::Callback, message.clone()))
-        });
-        // Error::Torch rather than Error::Input: the core treats some input
-        // errors as "nothing to do"; a failing model must stop the step.
-        Error::Torch(tch::TchError::Torch(message))
+        Error::Callback(format!("{what} callback returned status {status}{detail}"))
     }
 }
 
@@ -103,19 +85,34 @@ impl Classifier for CallbackClassifier {
         CALLBACK_MESSAGE.with(|m| m.borrow_mut().take());
         let input = moth_tensor::new(x.shallow_clone());
         let mut logits: *mut moth_tensor = std::ptr::null_mut();
-        // SAFETY: the caller registered `forward` for this use; `input`
-        // outlives the call and `logits` is a valid out-pointer.
-        let status = unsafe { (self.forward)(self.user, &input, &mut logits) };
+        // Gradients must flow from the logits back to an input that wants
+        // them (the inversion's backward pass; libtorch crashes rather than
+        // fails on a graph that does not reach the input).
+        let wants_grad = x.requires_grad() && crate::torch::grad::is_enabled();
+        let status = {
+            // Whatever grad mode the callback leaves behind, moth's is back
+            // when it returns.
+            let _grad = crate::torch::grad::GradGuard::keep();
+            // SAFETY: the caller registered `forward` for this use; `input`
+            // outlives the call and `logits` is a valid out-pointer.
+            unsafe { (self.forward)(self.user, &input, &mut logits) }
+        };
         // SAFETY: the callback hands over a handle made by moth (or NULL).
         let owned = unsafe { from_handle(logits) };
         if status != 0 {
             return Err(self.fail("forward", status));
         }
         let logits = owned.ok_or_else(|| {
-            Error::Torch(tch::TchError::Torch(
-                "forward callback returned 0 but left logits_out NULL".into(),
-            ))
+            Error::Callback("forward callback returned 0 but left logits_out NULL".into())
         })?;
+        if wants_grad && !logits.tensor.requires_grad() {
+            return Err(Error::Callback(
+                "forward callback returned logits that do not require gradients \
+                 (detached, or computed with autograd off); gradients must flow \
+                 from the logits back to the input"
+                    .into(),
+            ));
+        }
         Ok(logits.tensor)
     }
 
@@ -254,9 +251,7 @@ pub unsafe extern "C" fn moth_classifier_set_train(
     ffi_boundary!("moth_classifier_set_train", {
         let clf = out(classifier, "classifier")?;
         let mut body = clf.body.lock()?;
-        clear_callback_failure();
-        body.set_train(train)
-            .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))
+        Ok(body.set_train(train)?)
     })
 }
 
@@ -275,11 +270,9 @@ pub unsafe extern "C" fn moth_classifier_forward(
         let clf = out(classifier, "classifier")?;
         let x = &super::boundary::arg(input, "input")?.tensor;
         let body = clf.body.lock()?;
-        clear_callback_failure();
         let logits = crate::torch::grad::no_grad(|| -> Result<Tensor> {
             body.forward(&x.f_to_device(body.device())?)
-        })
-        .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))?;
+        })?;
         *o = into_handle(moth_tensor::new(logits));
         Ok(())
     })

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
 use crate::session::SessionConfig;
+use crate::Error;
 
 /// A session configuration (opaque). Create with `moth_config_new`, free
 /// with `moth_config_free`. Not thread-safe: do not use one config from
@@ -37,7 +38,7 @@ impl moth_config {
         // Refuse keys that do not exist yet, so that a typo never turns a
         // scalar setter into a whole-object replacement.
         let current = serde_json::to_value(&self.config)
-            .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
+            .map_err(|e| Error::encode("the configuration", e))?;
         let mut node = &current;
         for part in key.split('.') {
             node = node
@@ -200,8 +201,7 @@ pub(crate) fn write_json(
     len: usize,
     needed: *mut usize,
 ) -> FfiResult<()> {
-    let text = serde_json::to_string(config)
-        .map_err(|e| config_error(format!("cannot serialise the configuration: {e}")))?;
+    let text = serde_json::to_string(config).map_err(|e| Error::encode("the configuration", e))?;
     let c = c_message(&text);
     // SAFETY: forwarded C contract of the buffer arguments.
     unsafe { write_c_string(c.as_bytes_with_nul(), buf, len, needed) }

@@ -31,6 +31,7 @@
 
 #[macro_use]
 pub(crate) mod boundary;
+pub mod buffer;
 pub mod classifier;
 pub mod config;
 pub mod log;

@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out, Guarded, Zeroable};
-use super::classifier::{clear_callback_failure, moth_classifier, take_callback_failure};
+use super::boundary::{
+    arg, c_str, from_handle, init_out, into_handle, out, ErrorRecord, Guarded, Zeroable,
+};
+use super::buffer::moth_buffer;
+use super::classifier::moth_classifier;
 use super::config::{moth_config, write_json};
 use super::log::{moth_free_fn, moth_log_fn, moth_log_level, LogSink};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
@@ -210,22 +213,6 @@ impl moth_session {
         }
     }
 
-    /// Whether a panic poisoned the session.
-    pub fn is_poisoned(&self) -> bool {
-        self.state.is_poisoned()
-    }
-
-    /// Stores a failed call's message and sends it to the log callback.
-    pub fn record_error(&self, status: moth_status, message: &str) {
-        *self.last_error.lock() = c_message(message);
-        let level = if (status as i32) < 0 {
-            moth_log_level::Error
-        } else {
-            moth_log_level::Info
-        };
-        self.log(level, message);
-    }
-
     /// Sends a message to the log callback, if one is set. The callback runs
     /// without the log mutex held, so it may replace the callback.
     pub fn log(&self, level: moth_log_level, message: &str) {
@@ -239,6 +226,24 @@ impl moth_session {
         if let Some(sink) = sink {
             sink.emit(level, &message());
         }
+    }
+}
+
+impl ErrorRecord for moth_session {
+    fn is_poisoned(&self) -> bool {
+        self.state.is_poisoned()
+    }
+
+    /// Stores a failed call's message and sends it to the log callback
+    /// (flow signals at info level).
+    fn record_error(&self, status: moth_status, message: &str) {
+        *self.last_error.lock() = c_message(message);
+        let level = if (status as i32) < 0 {
+            moth_log_level::Error
+        } else {
+            moth_log_level::Info
+        };
+        self.log(level, message);
     }
 }
 
@@ -395,7 +400,9 @@ pub unsafe extern "C" fn moth_session_free(session: *mut moth_session) {
 /// inversion on `classifier` (in evaluation mode), then stamping. On success
 /// `*stamped_out` receives a new tensor (same device, shape and order as
 /// `x`; labels are unchanged) to train on; free it with `moth_tensor_free`.
-/// The step report is then available from `moth_session_last_report`.
+/// The step report is then available from `moth_session_last_report`. The
+/// step runs with autograd on, also when called from inside the caller's
+/// no-grad scope; the calling thread's grad mode is restored on return.
 ///
 /// Flow signals (nothing was done, the session is unchanged):
 /// `MOTH_STATUS_DONE` once the session finished, and
@@ -423,11 +430,11 @@ pub unsafe extern "C" fn moth_session_harden_batch(
         let y = &arg(y, "y")?.tensor;
         let mut st = s.state.lock()?;
         let mut model = clf.body.lock()?;
-        clear_callback_failure();
-        let hardened = st
-            .session
-            .harden_batch(&mut *model, x, y)
-            .map_err(|e| take_callback_failure().unwrap_or_else(|| e.into()))?;
+        // The inversions need autograd, whatever mode the host's thread is
+        // in (a C++ trainer may call from inside its own no-grad scope); the
+        // boundary gives the host its mode back.
+        let _grad = crate::torch::grad::GradGuard::set(true);
+        let hardened = st.session.harden_batch(&mut *model, x, y)?;
         drop(model);
         s.log_with(moth_log_level::Info, || summarise(&hardened.report));
         st.last_report = Some(hardened.report);
@@ -773,43 +780,6 @@ pub unsafe extern "C" fn moth_session_cuda_stream(
     })
 }
 
-/// An owned byte buffer made by moth (a checkpoint). Read it with
-/// `moth_buffer_data`, free it with `moth_buffer_free`.
-pub struct moth_buffer {
-    bytes: Vec<u8>,
-}
-
-/// Writes the buffer's start and length. The bytes stay valid, unchanged,
-/// until `moth_buffer_free`.
-#[no_mangle]
-#[must_use]
-pub unsafe extern "C" fn moth_buffer_data(
-    buffer: *const moth_buffer,
-    out_data: *mut *const u8,
-    out_len: *mut usize,
-) -> moth_status {
-    ffi_boundary!("moth_buffer_data", {
-        init_out(out_data);
-        init_out(out_len);
-        let d = out(out_data, "out_data")?;
-        let l = out(out_len, "out_len")?;
-        let b = arg(buffer, "buffer")?;
-        *d = b.bytes.as_ptr();
-        *l = b.bytes.len();
-        Ok(())
-    })
-}
-
-/// Frees a buffer. `moth_buffer_free(NULL)` does nothing.
-#[no_mangle]
-pub unsafe extern "C" fn moth_buffer_free(buffer: *mut moth_buffer) {
-    ffi_boundary!("moth_buffer_free", void, {
-        // SAFETY: NULL or a handle made by moth (C contract).
-        drop(unsafe { from_handle(buffer) });
-        Ok(())
-    })
-}
-
 /// Saves the session to a checkpoint file at `path`, atomically (a
 /// temporary file in the same folder, then a rename). The checkpoint holds
 /// the whole hardening state (matrices, triggers, bounds, counters, RNG,
@@ -842,7 +812,7 @@ pub unsafe extern "C" fn moth_session_to_buffer(
     ffi_boundary!("moth_session_to_buffer", session = session, {
         read_into(session, out_buffer, "out_buffer", |s| {
             let bytes = s.to_bytes()?;
-            Ok(into_handle(moth_buffer { bytes }))
+            Ok(into_handle(moth_buffer::new(bytes)))
         })
     })
 }

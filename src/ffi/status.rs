@@ -50,13 +50,17 @@ pub enum moth_status {
     Checkpoint = -11,
     /// An operating-system I/O error.
     Io = -12,
-    /// A file could not be parsed (a TorchScript module, a dataset).
+    /// A file could not be parsed (a TorchScript module, a dataset), or a
+    /// value could not be serialised (a configuration to JSON).
     Format = -13,
     /// The requested device could not be used.
     Device = -14,
     /// libtorch reported an error.
     Torch = -15,
-    /// A caller-supplied callback returned a non-zero status.
+    /// A caller-supplied callback failed: it returned a non-zero status, or
+    /// a forward callback returned 0 without storing logits, or with logits
+    /// that gradients cannot flow through (detached, or computed with
+    /// autograd off).
     Callback = -16,
     /// A caller buffer is too small; the needed size was written.
     BufferTooSmall = -17,
@@ -191,9 +195,49 @@ impl From<Error> for FfiError {
             Error::Unsupported(_) => moth_status::Unsupported,
             Error::Io { .. } => moth_status::Io,
             Error::Torch(_) => moth_status::Torch,
+            Error::Callback(_) => moth_status::Callback,
+            Error::Encode { .. } => moth_status::Format,
         };
-        FfiError::new(status, e.to_string())
+        let message = match &e {
+            // The session's phase messages name the method to call next.
+            Error::Phase(_) => with_c_names(&e.to_string()),
+            _ => e.to_string(),
+        };
+        FfiError::new(status, message)
     }
+}
+
+/// The Rust methods that messages of the core name, and the C function a
+/// C caller calls instead.
+const C_NAMES: [(&str, &str); 3] = [
+    ("harden_batch", "moth_session_harden_batch"),
+    ("report_accuracy", "moth_session_report_accuracy"),
+    ("wants_accuracy", "moth_session_wants_accuracy"),
+];
+
+/// `message` with each whole-word Rust method name of [`C_NAMES`] replaced
+/// by its C function ("a report is due (report_accuracy)" becomes "... due
+/// (moth_session_report_accuracy)").
+fn with_c_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 16);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let w = std::mem::take(word);
+        match C_NAMES.iter().find(|(rust, _)| *rust == w) {
+            Some((_, c)) => out.push_str(c),
+            None => out.push_str(&w),
+        }
+    };
+    for ch in message.chars() {
+        if ch.is_alphanumeric() || ch == '_' {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 impl From<tch::TchError> for FfiError {
@@ -342,6 +386,48 @@ mod tests {
             let name = std::str::from_utf8(s.name()).unwrap();
             assert!(name.starts_with("MOTH_STATUS_") && name.ends_with('\0'));
         }
+    }
+
+    #[test]
+    fn phase_messages_name_the_c_functions() {
+        assert_eq!(
+            with_c_names("a report is due (report_accuracy); see wants_accuracy."),
+            "a report is due (moth_session_report_accuracy); see moth_session_wants_accuracy."
+        );
+        assert_eq!(
+            with_c_names("moth_session_report_accuracy or report_accuracy_x"),
+            "moth_session_report_accuracy or report_accuracy_x"
+        );
+        let e = FfiError::from(Error::phase(
+            PhaseKind::AccuracyReportDue,
+            "a clean-accuracy report is due (report_accuracy) before the next step",
+        ));
+        assert_eq!(e.status, moth_status::AccuracyWanted);
+        assert_eq!(
+            e.message,
+            "wrong phase: a clean-accuracy report is due (moth_session_report_accuracy) \
+             before the next step"
+        );
+        // Other errors keep their text (a configuration key may look like a
+        // method name).
+        let e = FfiError::from(Error::Config("harden_batch".into()));
+        assert_eq!(e.message, "invalid configuration: harden_batch");
+    }
+
+    #[test]
+    fn callback_and_encode_errors_have_their_statuses() {
+        let e = FfiError::from(Error::Callback("forward callback returned status 3".into()));
+        assert_eq!(e.status, moth_status::Callback);
+        assert_eq!(e.message, "forward callback returned status 3");
+        let json_err = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = FfiError::from(Error::encode("the configuration", json_err));
+        assert_eq!(e.status, moth_status::Format);
+        assert!(
+            e.message
+                .starts_with("cannot serialise the configuration: "),
+            "{}",
+            e.message
+        );
     }
 
     /// Each input kind has its own status, none of them OK or a flow signal.

@@ -1,6 +1,8 @@
 //! Tiny models and data whose class distances are known by construction.
 #![allow(dead_code)]
 
+pub mod ffi;
+
 use moth::config::InversionBudget;
 use moth::session::{Method, SessionConfig, SessionSpec};
 use moth::torch::model::Classifier;

@@ -1,10 +1,11 @@
 //! What the tests that build native programs against `libmoth.so` share
-//! (tests/c_abi.rs, tests/go_binding.rs): where the repository, libtorch and
+//! (tests/c_abi_*.rs, tests/go_binding.rs): where the repository, libtorch and
 //! the freshly built library are, and a TorchScript model to harden.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use tch::{Device, Kind, Tensor};
@@ -144,4 +145,19 @@ pub fn fashion_model(path: &Path) {
     tmp.push(format!(".{}.tmp", std::process::id()));
     traced.save(&tmp).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The TorchScript Fashion-MNIST classifier the C and C++ examples harden
+/// ([`fashion_model`] at target/c_abi/fmnist_cnn.pt, made once per process
+/// at most, kept between runs).
+pub fn example_model() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            tch::set_num_threads(1);
+            let path = scratch_dir("c_abi").join("fmnist_cnn.pt");
+            fashion_model(&path);
+            path
+        })
+        .clone()
 }
