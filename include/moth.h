@@ -742,7 +742,8 @@ void moth_classifier_free(moth_classifier *classifier);
 MOTH_MUST_USE moth_status moth_callback_set_error(const char *message);
 
 /**
- * Creates a configuration holding the reference defaults.
+ * Creates a configuration holding moth's default preset (see
+ * `moth_config_set_preset` for the authors' reference settings).
  */
 MOTH_MUST_USE moth_status moth_config_new(moth_config **out_config);
 
@@ -784,6 +785,14 @@ MOTH_MUST_USE
 moth_status moth_config_set_double(moth_config *config,
                                    const char *key,
                                    double value);
+
+/**
+ * Replaces every setting with those of a preset: `"default"` (moth's
+ * default) or `"reference"` (the authors' published settings, exactly).
+ * `MOTH_STATUS_INVALID_CONFIG` for another name, the configuration
+ * unchanged.
+ */
+MOTH_MUST_USE moth_status moth_config_set_preset(moth_config *config, const char *preset);
 
 /**
  * Sets a string setting by its dotted key, e.g. `"method"` (`"Moth"`,

@@ -201,3 +201,47 @@ fn the_session_never_touches_libtorchs_global_generator() {
     let without = draw(&mut || {});
     assert!(with.equal(&without));
 }
+
+/// A classifier whose logits ignore the input (a detached output).
+struct Detached(Linear);
+
+impl moth::torch::model::Classifier for Detached {
+    fn forward(&self, x: &Tensor) -> moth::Result<Tensor> {
+        Ok(self.0.forward(x)?.detach())
+    }
+    fn set_train(&mut self, train: bool) -> moth::Result<()> {
+        self.0.set_train(train)
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+#[test]
+fn hardening_with_autograd_off_or_detached_logits_fails_cleanly() {
+    use moth::torch::grad::{is_enabled, GradGuard};
+    use moth::torch::model::Classifier;
+    let (x, y) = batch(4, 3);
+    // A caller inside its own no-grad scope: the step still works and the
+    // caller's mode is kept.
+    let mut s = Session::new(config(3), spec()).unwrap();
+    {
+        let _off = GradGuard::set(false);
+        s.harden_batch(&mut six_class_model(), &x, &y).unwrap();
+        assert!(!is_enabled());
+    }
+    // Detached logits: a clear error, the session unchanged, grad mode on.
+    let mut s = Session::new(config(3), spec()).unwrap();
+    let before = s.to_bytes().unwrap();
+    let e = s
+        .harden_batch(&mut Detached(six_class_model()), &x, &y)
+        .unwrap_err();
+    assert!(e.to_string().contains("do not depend on its input"), "{e}");
+    assert_eq!(s.to_bytes().unwrap()[64..], before[64..]);
+    assert!(is_enabled());
+    // And a host backward still works on this thread.
+    let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    (&w * 3.0).sum(Kind::Float).backward();
+    assert!(w.grad().defined());
+    let _ = Detached(six_class_model()).device();
+}

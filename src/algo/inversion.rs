@@ -310,6 +310,10 @@ pub fn invert(
     let shape = validate_task(task)?;
     crate::config::validate_budget("inversion budget", &task.budget)?;
     model.set_train(false)?;
+    // The optimisation needs autograd even when the caller runs with it
+    // off (a trainer inside its own no-grad scope); the guard gives the
+    // caller its mode back on every path.
+    let _grad = crate::torch::grad::GradGuard::set(true);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let device = model.device();
     let k = task.directions.len() as i64;
@@ -382,6 +386,14 @@ pub fn invert(
                 .f_div(&weight_sum)?;
             let l1 = m.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)?;
             let loss = ce_dir.f_add(&l1.f_mul(&costs)?)?.f_sum(Kind::Float)?;
+            if !logits.requires_grad() {
+                // Without a path from the input to the logits the pattern gets
+                // no gradient (and libtorch aborts a backward without a graph).
+                return Err(Error::input(
+                    "the model's logits do not depend on its input (detached or constant \
+                     output), so no trigger can be inverted",
+                ));
+            }
             let grads = Tensor::f_run_backward(&[&loss], &[&tm, &tp], false, false)?;
             used = (m.f_detach()?, p.f_detach()?);
             adam.step([&mut tm, &mut tp], &grads, cfg)?;

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
-use crate::session::SessionConfig;
+use crate::session::{Preset, SessionConfig};
 use crate::Error;
 
 /// A session configuration (opaque). Create with `moth_config_new`, free
@@ -61,7 +61,8 @@ impl moth_config {
     }
 }
 
-/// Creates a configuration holding the reference defaults.
+/// Creates a configuration holding moth's default preset (see
+/// `moth_config_set_preset` for the authors' reference settings).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_config_new(out_config: *mut *mut moth_config) -> moth_status {
@@ -154,6 +155,24 @@ pub unsafe extern "C" fn moth_config_set_double(
             .map(Value::Number)
             .ok_or_else(|| config_error(format!("{key}: {value} is not a finite number")))?;
         cfg.set_key(key, v)
+    })
+}
+
+/// Replaces every setting with those of a preset: `"default"` (moth's
+/// default) or `"reference"` (the authors' published settings, exactly).
+/// `MOTH_STATUS_INVALID_CONFIG` for another name, the configuration
+/// unchanged.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn moth_config_set_preset(
+    config: *mut moth_config,
+    preset: *const c_char,
+) -> moth_status {
+    ffi_boundary!("moth_config_set_preset", {
+        let cfg = out(config, "config")?;
+        let preset: Preset = c_str(preset, "preset")?.parse()?;
+        cfg.config = preset.session_config();
+        Ok(())
     })
 }
 

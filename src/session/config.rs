@@ -95,14 +95,76 @@ pub struct SessionConfig {
     pub max_accuracy_drop: f64,
 }
 
+/// A named set of settings: the session's here, the training loop's in
+/// `moth::runner::RunConfig::for_preset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Preset {
+    /// moth's default, chosen by measurement (README, "Results"): several
+    /// disjoint pairs per step, more samples stamped, shorter inversions.
+    #[default]
+    Default,
+    /// The authors' published settings, kept exactly.
+    Reference,
+}
+
+impl Preset {
+    /// `default` or `reference`, as users type it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Default => "default",
+            Preset::Reference => "reference",
+        }
+    }
+
+    /// The session settings of this preset.
+    pub fn session_config(self) -> SessionConfig {
+        match self {
+            Preset::Default => SessionConfig::moth_default(),
+            Preset::Reference => SessionConfig::reference(),
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "default" => Ok(Preset::Default),
+            "reference" => Ok(Preset::Reference),
+            _ => Err(Error::Config(format!(
+                "unknown preset '{s}' (expected default or reference)"
+            ))),
+        }
+    }
+}
+
 impl Default for SessionConfig {
     /// The default preset ([`Preset::Default`]).
     fn default() -> Self {
-        Self::reference()
+        Self::moth_default()
     }
 }
 
 impl SessionConfig {
+    /// The default preset: the reference algorithm with the levers that
+    /// measured best on the project's benchmark (README, "Results").
+    fn moth_default() -> Self {
+        let mut cfg = Self::reference();
+        cfg.pairs_per_step = DEFAULT_PAIRS;
+        cfg.portion = DEFAULT_PORTION;
+        cfg.stamp_at_least = 1;
+        cfg.warmup.budget.steps = DEFAULT_WARMUP_STEPS;
+        cfg.inversion.early_stop = DEFAULT_EARLY_STOP;
+        cfg.later.steps = DEFAULT_LATER_STEPS;
+        cfg
+    }
+
     /// The reference preset: the authors' published defaults, kept exactly
     /// so that their numbers can be reproduced (docs/algorithm.md).
     pub fn reference() -> Self {
@@ -133,6 +195,17 @@ impl SessionConfig {
         }
     }
 }
+
+/// Disjoint pairs per step in the default preset: enough for ten classes.
+const DEFAULT_PAIRS: usize = 5;
+/// The default preset's stamping portion.
+const DEFAULT_PORTION: f64 = 0.5;
+/// The default preset's warm-up inversion budget (the reference's is 500).
+const DEFAULT_WARMUP_STEPS: usize = 100;
+/// The default preset's early stop of every inversion.
+const DEFAULT_EARLY_STOP: usize = 10;
+/// The default preset's budget of later steps in a period (reference 50).
+const DEFAULT_LATER_STEPS: usize = 30;
 
 /// Merges the JSON object `patch` into `base`, recursively: objects are
 /// merged key by key, anything else replaces.

@@ -34,7 +34,7 @@ mod step;
 mod stream_tests;
 mod validate;
 
-pub use config::{Method, SessionConfig};
+pub use config::{Method, Preset, SessionConfig};
 pub use phase::{DoneReason, Phase};
 use step::StepContext;
 pub use validate::MAX_INPUT_VALUES;

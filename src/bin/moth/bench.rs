@@ -7,19 +7,22 @@ use std::time::Instant;
 use moth::algo::distance::DistanceMatrix;
 use moth::config::{DistanceConfig, InversionBudget};
 use moth::io::dataset::{Dataset, Split};
-use moth::runner::{HardenRun, RunConfig};
-use moth::session::{Method, SessionConfig};
+use moth::runner::HardenRun;
+use moth::session::Preset;
 use moth::torch::model::{self, Classifier, Model};
 
-use crate::args::{parse_session_config, BenchArgs, BoundsArg};
+use crate::args::BenchArgs;
 use crate::distance::{measure_quietly, measure_with_progress};
 use crate::progress::bar;
 use crate::report::{create_dir, device_name, write_json};
+use crate::variant::{self, Variant};
 use crate::{Failure, Outcome};
 
 #[derive(serde::Serialize)]
 struct BenchRow {
     variant: String,
+    /// Whether it ran the reference preset.
+    reference: bool,
     enlargement: f64,
     accuracy_before: f64,
     accuracy_after: f64,
@@ -51,23 +54,9 @@ struct Bench<'a> {
     before: DistanceMatrix,
 }
 
-/// Each `--variants` entry (`method[:bounds]`) with its session
-/// configuration, validated.
-fn bench_variants(a: &BenchArgs) -> moth::Result<Vec<(String, SessionConfig)>> {
-    let mut out = Vec::new();
-    for v in &a.variants {
-        let (method, bounds) = v.split_once(':').unwrap_or((v.as_str(), "fixed"));
-        let bounds = BoundsArg::parse(bounds).ok_or_else(|| {
-            moth::Error::Config(format!("unknown bounds '{bounds}' in variant '{v}'"))
-        })?;
-        let mut cfg = parse_session_config(a.session_config.as_deref())?;
-        cfg.method = method.parse::<Method>()?;
-        cfg.seed = a.common.seed;
-        cfg.bounds.mode = bounds.mode();
-        cfg.validate()?;
-        out.push((v.clone(), cfg));
-    }
-    Ok(out)
+/// Each `--variants` entry, parsed and validated.
+fn bench_variants(a: &BenchArgs) -> moth::Result<Vec<Variant>> {
+    a.variants.iter().map(|v| variant::parse(a, v)).collect()
 }
 
 /// The distance protocol of every measurement.
@@ -88,8 +77,8 @@ pub fn run(a: &BenchArgs) -> Outcome {
     let variants = bench_variants(a)?;
     let bench = prepare(a)?;
     let mut rows = Vec::new();
-    for (v, cfg) in variants {
-        rows.push(bench.run_variant(&v, cfg)?);
+    for v in variants {
+        rows.push(bench.run_variant(&v)?);
     }
     bench.write(&rows)?;
     Ok(())
@@ -142,13 +131,16 @@ fn measurement_points(total: u64, points: usize) -> Vec<u64> {
 
 impl Bench<'_> {
     /// Hardens a fresh copy of the base model with `cfg`.
-    fn run_variant(&self, v: &str, cfg: SessionConfig) -> Outcome<BenchRow> {
+    fn run_variant(&self, variant: &Variant) -> Outcome<BenchRow> {
+        let v = variant.name.as_str();
         let (model, _) = Model::load(&self.a.model, None, self.device)?;
-        let run_cfg = RunConfig {
-            epochs: self.a.epochs,
-            ..RunConfig::default()
-        };
-        let mut run = HardenRun::new(model, cfg, run_cfg, &self.train_set, &self.test_set)?;
+        let mut run = HardenRun::new(
+            model,
+            variant.session.clone(),
+            variant.run.clone(),
+            &self.train_set,
+            &self.test_set,
+        )?;
         let Hardened {
             spent,
             curve,
@@ -159,6 +151,7 @@ impl Bench<'_> {
         let accuracy_after = test_accuracy(&mut run.model, &self.test_set)?;
         let row = BenchRow {
             variant: v.to_string(),
+            reference: variant.preset == Preset::Reference,
             enlargement: curve.last().map_or(0.0, |c| c.1),
             accuracy_before: self.accuracy_before,
             accuracy_after,
@@ -245,17 +238,23 @@ fn time_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
     None
 }
 
-/// The smaller enlargement of MOTH and Pairwise, when both ran.
-fn common_enlargement(rows: &[BenchRow]) -> Option<f64> {
+/// The enlargement every variant is timed to: the reference preset's
+/// final one when a variant ran it, else the smaller of MOTH's and
+/// Pairwise's.
+fn common_enlargement(rows: &[BenchRow]) -> Option<(f64, &'static str)> {
+    if let Some(r) = rows.iter().find(|r| r.reference) {
+        return Some((r.enlargement, "the reference preset's enlargement"));
+    }
     let find = |name: &str| rows.iter().find(|r| r.variant.starts_with(name));
-    match (find("moth:"), find("pairwise:")) {
-        (Some(m), Some(p)) => Some(m.enlargement.min(p.enlargement)),
+    match (find("moth"), find("pairwise")) {
+        (Some(m), Some(p)) => Some((m.enlargement.min(p.enlargement), "min(MOTH, Pairwise)")),
         _ => None,
     }
 }
 
 fn bench_table(rows: &[BenchRow], bench: &Bench) -> String {
-    let target = common_enlargement(rows);
+    let common = common_enlargement(rows);
+    let target = common.map(|c| c.0);
     let mut t = format!(
         "| variant | enlargement | accuracy change (points) | hardening time (s) | steps |{}\n|---|---|---|---|---|{}\n",
         if target.is_some() { " time to reach the common enlargement (s) |" } else { "" },
@@ -275,9 +274,9 @@ fn bench_table(rows: &[BenchRow], bench: &Bench) -> String {
             reach.map_or(String::new(), |s| format!(" {s} |"))
         ));
     }
-    if let Some(g) = target {
+    if let Some((g, what)) = common {
         t.push_str(&format!(
-            "\nCommon enlargement = min(MOTH, Pairwise) = {:+.1}%.\n",
+            "\nCommon enlargement = {what} = {:+.1}%.\n",
             100.0 * g
         ));
     }
@@ -322,11 +321,14 @@ mod tests {
         ]);
         let v = bench_variants(&a).unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!(v[0].0, "moth");
-        assert_eq!(v[0].1.method, Method::Moth);
-        assert_eq!(v[1].1.method, Method::Universal);
-        assert_eq!(v[1].1.bounds.mode, moth::algo::bounds::BoundsMode::Growing);
-        assert!(v.iter().all(|(_, c)| c.first.steps == 10));
+        assert_eq!(v[0].name, "moth");
+        assert_eq!(v[0].session.method, moth::session::Method::Moth);
+        assert_eq!(v[1].session.method, moth::session::Method::Universal);
+        assert_eq!(
+            v[1].session.bounds.mode,
+            moth::algo::bounds::BoundsMode::Growing
+        );
+        assert!(v.iter().all(|c| c.session.first.steps == 10));
     }
 
     #[test]

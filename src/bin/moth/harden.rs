@@ -8,10 +8,10 @@ use moth::algo::distance::DistanceMatrix;
 use moth::config::DistanceConfig;
 use moth::io::dataset::{Dataset, Split};
 use moth::runner::{HardenRun, RunConfig, StepRecord};
-use moth::session::{Phase, Session, SessionConfig};
+use moth::session::{Phase, Preset, Session, SessionConfig};
 use moth::torch::model::{self, Classifier, Model};
 
-use crate::args::{check_batch, parse_session_config, HardenArgs};
+use crate::args::{check_batch, preset_session_config, HardenArgs};
 use crate::distance::measure_with_progress;
 use crate::progress::{bar, Progress};
 use crate::report::{create_dir, device_name, print_matrix, write_harden_report, HardenReport};
@@ -69,7 +69,7 @@ pub fn run(a: &HardenArgs) -> Outcome {
 /// The session settings: `--session-config`, then the dedicated options.
 fn session_config(a: &HardenArgs) -> moth::Result<SessionConfig> {
     check_batch(a.batch)?;
-    let mut cfg = parse_session_config(a.session_config.as_deref())?;
+    let mut cfg = preset_session_config(a.preset, a.session_config.as_deref())?;
     cfg.method = a.method;
     cfg.seed = a.common.seed;
     cfg.max_accuracy_drop = a.max_drop / 100.0;
@@ -133,10 +133,17 @@ fn start<'d>(
     }
     let device = base.device();
     let dcfg = a.protocol.config(device);
+    let preset = RunConfig::for_preset(a.preset);
+    // The reference's 2 epochs take 12 minutes of a 2-core CPU: there it
+    // runs 1 unless asked for more.
+    let preset_epochs = match a.preset {
+        Preset::Reference if !device.is_cuda() => 1.0,
+        _ => preset.epochs,
+    };
     let run_cfg = RunConfig {
-        epochs: a.epochs.unwrap_or(if device.is_cuda() { 2.0 } else { 1.0 }),
+        epochs: a.epochs.unwrap_or(preset_epochs),
         batch: a.batch,
-        ..RunConfig::default()
+        ..preset
     };
     print_plan(a, &base, &run_cfg);
     let acc_before = test_accuracy(&mut base, test_set)?;

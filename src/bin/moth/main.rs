@@ -14,6 +14,7 @@ mod inspect;
 mod progress;
 mod report;
 mod train;
+mod variant;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
