@@ -1,4 +1,4 @@
-//! Every hyper-parameter of moth, with the reference defaults of ALGORITHM.md.
+//! Every hyper-parameter of moth, with the reference defaults of docs/algorithm.md.
 //!
 //! All structs are serde-serialisable (they travel in checkpoints and through
 //! the C ABI as JSON) and checked by `validate` before use.
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The Adam optimiser and schedule shared by every trigger inversion
-/// (ALGORITHM.md section 2).
+/// (docs/algorithm.md section 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InversionConfig {
@@ -60,7 +60,7 @@ pub struct InversionBudget {
     pub asr_bound: f64,
 }
 
-/// How class distances are measured (ALGORITHM.md section 5).
+/// How class distances are measured (docs/algorithm.md section 5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistanceConfig {

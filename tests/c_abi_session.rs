@@ -35,9 +35,37 @@ fn config_json_setters_and_errors() {
             serde_json::from_str(CStr::from_ptr(buf.as_ptr()).to_str().unwrap()).unwrap()
         }
     };
+    // A new configuration holds the default preset; the reference preset
+    // is one call away, and an unknown preset changes nothing.
     let defaults = get();
     assert_eq!(defaults["period"], 3);
-    assert_eq!(defaults["warmup"]["budget"]["steps"], 500);
+    assert_eq!(defaults["pairs_per_step"], 5);
+    assert_eq!(defaults["warmup"]["budget"]["steps"], 100);
+    let preset = |name: &str| {
+        let c = cstring(name);
+        // SAFETY: live config, valid string.
+        unsafe { moth_config_set_preset(cfg, c.as_ptr()) }
+    };
+    assert_eq!(preset("reference"), S::Ok);
+    let reference = get();
+    assert_eq!(reference["warmup"]["budget"]["steps"], 500);
+    assert_eq!(reference["pairs_per_step"], 1);
+    assert_eq!(reference["portion"], 0.1);
+    assert_eq!(preset("fastest"), S::InvalidConfig);
+    assert_eq!(get(), reference);
+    // SAFETY: NULL arguments are refused.
+    unsafe {
+        assert_eq!(
+            moth_config_set_preset(cfg, std::ptr::null()),
+            S::NullPointer
+        );
+        assert_eq!(
+            moth_config_set_preset(null_mut(), std::ptr::null()),
+            S::NullPointer
+        );
+    }
+    assert_eq!(preset("default"), S::Ok);
+    assert_eq!(get(), defaults);
     let set_json = |j: &str| {
         let c = cstring(j);
         // SAFETY: live config, valid string.

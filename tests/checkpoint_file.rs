@@ -161,8 +161,14 @@ fn header_fields_are_checked_in_order_with_clear_messages() {
     assert!(reason(&b).contains("not a moth checkpoint"));
 
     let mut b = valid.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(reason(&b), "format version 2, this moth reads version 1");
+    b[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    assert_eq!(
+        reason(&b),
+        format!(
+            "format version {}, this moth reads version {FORMAT_VERSION}",
+            FORMAT_VERSION + 1
+        )
+    );
 
     let mut b = valid.clone();
     b[12..14].copy_from_slice(&u16::MAX.to_le_bytes());

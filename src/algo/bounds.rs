@@ -3,7 +3,7 @@
 //! The fixed cap (reference): only triggers smaller than `C*H*W/4` are
 //! stamped; larger ones replace the image's content rather than act as a
 //! backdoor. The paper also mentions "gradually growing optimisation bounds"
-//! without spelling them out; our reading (ALGORITHM.md section 4) is a per
+//! without spelling them out; our reading (docs/algorithm.md section 4) is a per
 //! direction bound that starts at `growth x` the warm-up distance and grows
 //! with the distances the pair reaches, never above the cap.
 

@@ -5,7 +5,7 @@
 
 use crate::config::InversionConfig;
 
-/// The cost schedule of one direction (patience counters, ALGORITHM.md §2).
+/// The cost schedule of one direction (patience counters, docs/algorithm.md §2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CostSchedule {
     /// Current weight of the mask L1 term.

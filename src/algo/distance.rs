@@ -1,4 +1,4 @@
-//! Class distance (ALGORITHM.md section 5): the size of the smallest trigger
+//! Class distance (docs/algorithm.md section 5): the size of the smallest trigger
 //! that flips samples of class `a` to class `b`, for all `N x (N-1)` directed
 //! pairs. All targets of one source class are inverted together, so that one
 //! forward pass serves every direction of that source.
@@ -32,6 +32,21 @@ pub struct DistanceMatrix {
     pub protocol: String,
     /// Wall time of the measurement, seconds.
     pub seconds: f64,
+}
+
+/// What a security review asks of a before/after pair of matrices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The `k` smallest measured distances before, `(source, target, value)`.
+    pub smallest_before: Vec<(usize, usize, f64)>,
+    /// The `k` smallest measured distances after.
+    pub smallest_after: Vec<(usize, usize, f64)>,
+    /// Directions measured both times whose distance shrank: `(source,
+    /// target, before, after)`, most shrunk first.
+    pub shrunk: Vec<(usize, usize, f64, f64)>,
+    /// Per source class, the mean relative enlargement of its directions
+    /// (0 for a class with none measured both times).
+    pub per_class: Vec<f64>,
 }
 
 /// Progress of a measurement, reported after every source class.
@@ -99,6 +114,48 @@ impl DistanceMatrix {
             0.0
         } else {
             sum / n as f64
+        }
+    }
+
+    /// The `k` smallest measured distances, smallest first.
+    pub fn smallest(&self, k: usize) -> Vec<(usize, usize, f64)> {
+        let mut all: Vec<_> = self.measured().collect();
+        all.sort_by(|x, y| x.2.total_cmp(&y.2));
+        all.truncate(k);
+        all
+    }
+
+    /// Smallest distances, shrunk directions and per-class enlargement of
+    /// `after` against `self`.
+    pub fn change(&self, after: &DistanceMatrix, k: usize) -> Change {
+        let n = self.len();
+        let (mut sum, mut count) = (vec![0.0; n], vec![0usize; n]);
+        let mut shrunk = Vec::new();
+        for (a, b, before) in self.measured() {
+            let v = after
+                .values
+                .get(a)
+                .and_then(|r| r.get(b))
+                .copied()
+                .unwrap_or(0.0);
+            if v > 0.0 {
+                sum[a] += (v - before) / before;
+                count[a] += 1;
+                if v < before {
+                    shrunk.push((a, b, before, v));
+                }
+            }
+        }
+        shrunk.sort_by(|x, y| (x.3 / x.2).total_cmp(&(y.3 / y.2)));
+        Change {
+            smallest_before: self.smallest(k),
+            smallest_after: after.smallest(k),
+            shrunk,
+            per_class: sum
+                .iter()
+                .zip(count)
+                .map(|(s, c)| if c > 0 { s / c as f64 } else { 0.0 })
+                .collect(),
         }
     }
 
@@ -271,6 +328,17 @@ mod tests {
         // pairs measured in both: (0,1) +100%, (1,0) +50%, (2,0) 0%, (2,1) +100%
         assert!((before.enlargement(&after) - 2.5 / 4.0).abs() < 1e-12);
         assert_eq!(before.difference(&after)[0][1], 10.0);
+        let c = before.change(&after, 2);
+        assert_eq!(c.smallest_before, vec![(2, 0, 4.0), (1, 2, 5.0)]);
+        assert_eq!(c.smallest_after[0], (2, 0, 4.0));
+        assert!(c.shrunk.is_empty());
+        assert!((c.per_class[1] - 0.5).abs() < 1e-12 && (c.per_class[2] - 0.5).abs() < 1e-12);
+        let shrinking = m(vec![
+            vec![0.0, 5.0, 0.0],
+            vec![20.0, 0.0, 5.0],
+            vec![4.0, 8.0, 0.0],
+        ]);
+        assert_eq!(before.change(&shrinking, 1).shrunk, vec![(0, 1, 10.0, 5.0)]);
         let table = before.to_table();
         assert!(table.contains("fail") && table.contains("10.0"));
     }

@@ -1,4 +1,4 @@
-//! Trigger inversion (Neural Cleanse style), ALGORITHM.md section 2: one
+//! Trigger inversion (Neural Cleanse style), docs/algorithm.md section 2: one
 //! optimiser that serves all three uses (universal warm-up triggers, the
 //! two-sided generation of Algorithm 1, and distance measurement).
 //!

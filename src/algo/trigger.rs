@@ -1,5 +1,5 @@
 //! Triggers (backdoors): a mask shared by all channels and a pattern, the
-//! stamping function and the trigger size (ALGORITHM.md section 1).
+//! stamping function and the trigger size (docs/algorithm.md section 1).
 
 use tch::{Device, Kind, Tensor};
 

@@ -35,6 +35,7 @@ pub mod buffer;
 pub mod classifier;
 pub mod config;
 pub mod log;
+pub mod report;
 pub mod session;
 pub mod status;
 pub mod tensor;

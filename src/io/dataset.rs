@@ -1,7 +1,7 @@
 //! Labelled image sets in memory, and the embedded default (Fashion-MNIST).
 //!
 //! Pixels are held in `[0, 1]`: dataset normalisation, if any, belongs to
-//! the model wrapper and runs after stamping (ALGORITHM.md section 1).
+//! the model wrapper and runs after stamping (docs/algorithm.md section 1).
 
 use std::path::{Path, PathBuf};
 

@@ -100,7 +100,8 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Preset {
     /// moth's default, chosen by measurement (README, "Results"): several
-    /// disjoint pairs per step, more samples stamped, shorter inversions.
+    /// disjoint pairs per step, more samples stamped, a shorter warm-up and
+    /// inversions that stop once they stop improving.
     #[default]
     Default,
     /// The authors' published settings, kept exactly.
@@ -158,10 +159,8 @@ impl SessionConfig {
         let mut cfg = Self::reference();
         cfg.pairs_per_step = DEFAULT_PAIRS;
         cfg.portion = DEFAULT_PORTION;
-        cfg.stamp_at_least = 1;
         cfg.warmup.budget.steps = DEFAULT_WARMUP_STEPS;
         cfg.inversion.early_stop = DEFAULT_EARLY_STOP;
-        cfg.later.steps = DEFAULT_LATER_STEPS;
         cfg
     }
 
@@ -199,13 +198,11 @@ impl SessionConfig {
 /// Disjoint pairs per step in the default preset: enough for ten classes.
 const DEFAULT_PAIRS: usize = 5;
 /// The default preset's stamping portion.
-const DEFAULT_PORTION: f64 = 0.5;
+const DEFAULT_PORTION: f64 = 0.3;
 /// The default preset's warm-up inversion budget (the reference's is 500).
 const DEFAULT_WARMUP_STEPS: usize = 100;
 /// The default preset's early stop of every inversion.
 const DEFAULT_EARLY_STOP: usize = 10;
-/// The default preset's budget of later steps in a period (reference 50).
-const DEFAULT_LATER_STEPS: usize = 30;
 
 /// Merges the JSON object `patch` into `base`, recursively: objects are
 /// merged key by key, anything else replaces.

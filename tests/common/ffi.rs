@@ -18,6 +18,7 @@ pub use moth::ffi::buffer::*;
 pub use moth::ffi::classifier::*;
 pub use moth::ffi::config::*;
 pub use moth::ffi::log::*;
+pub use moth::ffi::report::*;
 pub use moth::ffi::session::*;
 pub use moth::ffi::status::*;
 pub use moth::ffi::tensor::*;

@@ -378,6 +378,11 @@ fn build_report(
         .as_ref()
         .zip(after.as_ref())
         .map(|(b, a)| b.enlargement(a));
+    let change = notes
+        .before
+        .as_ref()
+        .zip(after.as_ref())
+        .map(|(b, a)| b.change(a, 5));
     HardenReport {
         method: run.session.config().method.name().to_string(),
         model: notes.model,
@@ -395,6 +400,7 @@ fn build_report(
         protocol: notes.distance.describe(),
         before: notes.before,
         after,
+        change,
         session_config: run.session.config().clone(),
         pair_counts: run.session.scheduler().count.clone(),
         history: run.history.clone(),

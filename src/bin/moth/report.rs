@@ -93,6 +93,8 @@ pub struct HardenReport {
     pub protocol: String,
     pub before: Option<DistanceMatrix>,
     pub after: Option<DistanceMatrix>,
+    /// Smallest distances, shrunk directions, per-class enlargement.
+    pub change: Option<moth::algo::distance::Change>,
     pub session_config: moth::session::SessionConfig,
     pub pair_counts: Vec<Vec<f64>>,
     pub history: Vec<moth::runner::StepRecord>,
@@ -145,6 +147,9 @@ fn print_summary(r: &HardenReport, path: &Path) {
         );
         println!("distance protocol: {}", r.protocol);
     }
+    if let (Some(c), Some(b)) = (&r.change, &r.before) {
+        print_change(c, &b.classes);
+    }
     println!(
         "hardening steps: {} ({}), {:.1} s; whole run {:.1} s",
         r.steps, r.final_phase, r.harden_seconds, r.wall_seconds
@@ -153,6 +158,42 @@ fn print_summary(r: &HardenReport, path: &Path) {
         "wrote {} (and before/after/difference heatmaps)",
         path.display()
     );
+}
+
+/// The smallest distances, the directions that shrank and the per-class
+/// enlargement, with class names.
+fn print_change(c: &moth::algo::distance::Change, classes: &[String]) {
+    let name = |i: usize| classes.get(i).map_or("?", String::as_str);
+    let list = |v: &[(usize, usize, f64)]| {
+        v.iter()
+            .map(|&(a, b, d)| format!("{} -> {} {d:.1}", name(a), name(b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("smallest distances before: {}", list(&c.smallest_before));
+    println!("smallest distances after:  {}", list(&c.smallest_after));
+    if c.shrunk.is_empty() {
+        println!("no measured direction shrank");
+    } else {
+        let shown: Vec<String> = c
+            .shrunk
+            .iter()
+            .take(5)
+            .map(|&(a, b, x, y)| format!("{} -> {} {x:.1} -> {y:.1}", name(a), name(b)))
+            .collect();
+        println!(
+            "{} direction(s) shrank: {}",
+            c.shrunk.len(),
+            shown.join(", ")
+        );
+    }
+    let per: Vec<String> = c
+        .per_class
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{} {:+.0}%", name(i), 100.0 * e))
+        .collect();
+    println!("mean enlargement per source class: {}", per.join(", "));
 }
 
 #[cfg(test)]
