@@ -22,12 +22,15 @@ impl SessionSpec {
             )));
         }
         let [c, h, w] = self.input_shape;
-        let values = c.checked_mul(h).and_then(|ch| ch.checked_mul(w));
-        match values {
-            Some(v) if c > 0 && h > 0 && w > 0 && v <= MAX_INPUT_VALUES => Ok(()),
+        if c <= 0 || h <= 0 || w <= 0 {
+            return Err(Error::Config(format!(
+                "input shape {c}x{h}x{w}: every dimension must be positive"
+            )));
+        }
+        match c.checked_mul(h).and_then(|ch| ch.checked_mul(w)) {
+            Some(v) if v <= MAX_INPUT_VALUES => Ok(()),
             _ => Err(Error::Config(format!(
-                "input shape {c}x{h}x{w} must have positive dimensions and at most \
-                 {MAX_INPUT_VALUES} values"
+                "input shape {c}x{h}x{w} has more than {MAX_INPUT_VALUES} values"
             ))),
         }
     }
@@ -105,5 +108,34 @@ impl SessionSpec {
             ));
         }
         Ok(labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_are_refused_the_same_way_whatever_the_order_and_never_overflow() {
+        let spec = |input_shape| SessionSpec {
+            num_classes: 3,
+            input_shape,
+        };
+        let big = 1i64 << 32;
+        for shape in [[0, big, big], [big, big, 0], [big, big, big], [-1, 4, 4]] {
+            let e = spec(shape).validate().unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{shape:?}: {e}");
+        }
+        assert!(spec([big, big, 1])
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
+        assert!(spec([1, 28, 28]).validate().is_ok());
+        let classes = SessionSpec {
+            num_classes: 1,
+            input_shape: [1, 2, 2],
+        };
+        assert!(classes.validate().is_err());
     }
 }
