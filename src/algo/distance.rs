@@ -93,22 +93,26 @@ impl DistanceMatrix {
         }
     }
 
+    /// The directions measured both here and in `after`, as
+    /// `(source, target, before, after)`.
+    fn measured_in_both<'a>(
+        &'a self,
+        after: &'a DistanceMatrix,
+    ) -> impl Iterator<Item = (usize, usize, f64, f64)> + 'a {
+        self.measured().filter_map(move |(a, b, before)| {
+            let v = after.values.get(a).and_then(|r| r.get(b)).copied();
+            v.filter(|&v| v > 0.0).map(|v| (a, b, before, v))
+        })
+    }
+
     /// Relative enlargement of `after` over `self`: the mean over directed
     /// pairs measured in both of `(after - before) / before`.
     pub fn enlargement(&self, after: &DistanceMatrix) -> f64 {
         let mut sum = 0.0;
         let mut n = 0usize;
-        for (a, b, before) in self.measured() {
-            let v = after
-                .values
-                .get(a)
-                .and_then(|r| r.get(b))
-                .copied()
-                .unwrap_or(0.0);
-            if v > 0.0 {
-                sum += (v - before) / before;
-                n += 1;
-            }
+        for (_, _, before, v) in self.measured_in_both(after) {
+            sum += (v - before) / before;
+            n += 1;
         }
         if n == 0 {
             0.0
@@ -131,19 +135,11 @@ impl DistanceMatrix {
         let n = self.len();
         let (mut sum, mut count) = (vec![0.0; n], vec![0usize; n]);
         let mut shrunk = Vec::new();
-        for (a, b, before) in self.measured() {
-            let v = after
-                .values
-                .get(a)
-                .and_then(|r| r.get(b))
-                .copied()
-                .unwrap_or(0.0);
-            if v > 0.0 {
-                sum[a] += (v - before) / before;
-                count[a] += 1;
-                if v < before {
-                    shrunk.push((a, b, before, v));
-                }
+        for (a, b, before, v) in self.measured_in_both(after) {
+            sum[a] += (v - before) / before;
+            count[a] += 1;
+            if v < before {
+                shrunk.push((a, b, before, v));
             }
         }
         shrunk.sort_by(|x, y| (x.3 / x.2).total_cmp(&(y.3 / y.2)));

@@ -9,12 +9,12 @@ use moth::config::{DistanceConfig, InversionBudget};
 use moth::io::dataset::{Dataset, Split};
 use moth::runner::HardenRun;
 use moth::session::Preset;
-use moth::torch::model::{self, Classifier, Model};
+use moth::torch::model::{Classifier, Model};
 
 use crate::args::BenchArgs;
 use crate::distance::{measure_quietly, measure_with_progress};
 use crate::progress::bar;
-use crate::report::{create_dir, device_name, write_json};
+use crate::report::{create_dir, device_name, test_accuracy, write_json};
 use crate::variant::{self, Variant};
 use crate::{Failure, Outcome};
 
@@ -112,15 +112,6 @@ fn prepare(a: &BenchArgs) -> Outcome<Bench<'_>> {
         accuracy_before,
         before,
     })
-}
-
-fn test_accuracy(model: &mut Model, test_set: &Dataset) -> moth::Result<f64> {
-    model::accuracy(
-        model,
-        &test_set.images,
-        &test_set.labels,
-        model::ACCURACY_BATCH,
-    )
 }
 
 /// `points` step numbers evenly spaced over `total`, the last one `total`.

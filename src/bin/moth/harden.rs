@@ -9,12 +9,14 @@ use moth::config::DistanceConfig;
 use moth::io::dataset::{Dataset, Split};
 use moth::runner::{HardenRun, RunConfig, StepRecord};
 use moth::session::{Phase, Preset, Session, SessionConfig};
-use moth::torch::model::{self, Classifier, Model};
+use moth::torch::model::{Classifier, Model};
 
 use crate::args::{check_batch, preset_session_config, HardenArgs};
 use crate::distance::measure_with_progress;
 use crate::progress::{bar, Progress};
-use crate::report::{create_dir, device_name, print_matrix, write_harden_report, HardenReport};
+use crate::report::{
+    create_dir, device_name, print_matrix, test_accuracy, write_harden_report, HardenReport,
+};
 use crate::{Failure, Outcome};
 
 /// What `--resume` needs besides the run checkpoint: the settings that
@@ -178,15 +180,6 @@ fn print_plan(a: &HardenArgs, model: &Model, run_cfg: &RunConfig) {
         device_name(model.device()),
         tch::get_num_threads()
     );
-}
-
-fn test_accuracy(model: &mut Model, test_set: &Dataset) -> moth::Result<f64> {
-    model::accuracy(
-        model,
-        &test_set.images,
-        &test_set.labels,
-        model::ACCURACY_BATCH,
-    )
 }
 
 fn distances_before(

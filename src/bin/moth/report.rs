@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use moth::algo::distance::DistanceMatrix;
+use moth::io::dataset::Dataset;
+use moth::torch::model::{self, Model};
 
 use crate::heatmap::{self, HeatmapSpec, Scale};
 
@@ -98,6 +100,16 @@ pub struct HardenReport {
     pub session_config: moth::session::SessionConfig,
     pub pair_counts: Vec<Vec<f64>>,
     pub history: Vec<moth::runner::StepRecord>,
+}
+
+/// Clean accuracy of `model` on the whole test set.
+pub fn test_accuracy(model: &mut Model, test_set: &Dataset) -> moth::Result<f64> {
+    model::accuracy(
+        model,
+        &test_set.images,
+        &test_set.labels,
+        model::ACCURACY_BATCH,
+    )
 }
 
 /// Writes DIR/report.json and the heatmaps, and prints the summary.
