@@ -674,6 +674,52 @@ moth_status moth_buffer_data(const moth_buffer *buffer,
 void moth_buffer_free(moth_buffer *buffer);
 
 /**
+ * Saves the session to a checkpoint file at `path`, atomically (a
+ * temporary file in the same folder, then a rename). The checkpoint holds
+ * the whole hardening state (matrices, triggers, bounds, counters, RNG,
+ * configuration); the model and optimiser are the caller's to save.
+ */
+MOTH_MUST_USE moth_status moth_session_save(const moth_session *session, const char *path);
+
+/**
+ * Serialises the session into a new buffer (the checkpoint file's bytes).
+ */
+MOTH_MUST_USE
+moth_status moth_session_to_buffer(const moth_session *session,
+                                   moth_buffer **out_buffer);
+
+/**
+ * Loads a session saved with `moth_session_save`. With `num_classes > 0`
+ * the checkpoint must have been made for that class count and input shape
+ * `[c, h, w]` (`MOTH_STATUS_CHECKPOINT` otherwise); `num_classes == 0`
+ * accepts any (read the spec with `moth_session_spec`). A corrupted,
+ * truncated or other-version file gives `MOTH_STATUS_CHECKPOINT`.
+ */
+MOTH_MUST_USE
+moth_status moth_session_load(const char *path,
+                              size_t num_classes,
+                              int64_t c,
+                              int64_t h,
+                              int64_t w,
+                              moth_session **out_session);
+
+/**
+ * Restores a session from `len` bytes at `data` (made by
+ * `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
+ * `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
+ * `data` may be NULL only when `len` is 0 (an empty buffer, refused as a
+ * truncated checkpoint with `MOTH_STATUS_CHECKPOINT`).
+ */
+MOTH_MUST_USE
+moth_status moth_session_from_buffer(const uint8_t *data,
+                                     size_t len,
+                                     size_t num_classes,
+                                     int64_t c,
+                                     int64_t h,
+                                     int64_t w,
+                                     moth_session **out_session);
+
+/**
  * Loads a TorchScript module (saved with `torch.jit.save`) whose forward
  * takes `[n, c, h, w]` float inputs in `[0, 1]` (normalisation belongs
  * inside the module) and returns logits `[n, classes]`, onto `device`. The
@@ -1006,52 +1052,6 @@ MOTH_MUST_USE
 moth_status moth_session_cuda_stream(const moth_session *session,
                                      int32_t *out_device,
                                      void **out_stream);
-
-/**
- * Saves the session to a checkpoint file at `path`, atomically (a
- * temporary file in the same folder, then a rename). The checkpoint holds
- * the whole hardening state (matrices, triggers, bounds, counters, RNG,
- * configuration); the model and optimiser are the caller's to save.
- */
-MOTH_MUST_USE moth_status moth_session_save(const moth_session *session, const char *path);
-
-/**
- * Serialises the session into a new buffer (the checkpoint file's bytes).
- */
-MOTH_MUST_USE
-moth_status moth_session_to_buffer(const moth_session *session,
-                                   moth_buffer **out_buffer);
-
-/**
- * Loads a session saved with `moth_session_save`. With `num_classes > 0`
- * the checkpoint must have been made for that class count and input shape
- * `[c, h, w]` (`MOTH_STATUS_CHECKPOINT` otherwise); `num_classes == 0`
- * accepts any (read the spec with `moth_session_spec`). A corrupted,
- * truncated or other-version file gives `MOTH_STATUS_CHECKPOINT`.
- */
-MOTH_MUST_USE
-moth_status moth_session_load(const char *path,
-                              size_t num_classes,
-                              int64_t c,
-                              int64_t h,
-                              int64_t w,
-                              moth_session **out_session);
-
-/**
- * Restores a session from `len` bytes at `data` (made by
- * `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
- * `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
- * `data` may be NULL only when `len` is 0 (an empty buffer, refused as a
- * truncated checkpoint with `MOTH_STATUS_CHECKPOINT`).
- */
-MOTH_MUST_USE
-moth_status moth_session_from_buffer(const uint8_t *data,
-                                     size_t len,
-                                     size_t num_classes,
-                                     int64_t c,
-                                     int64_t h,
-                                     int64_t w,
-                                     moth_session **out_session);
 
 /**
  * Returns the C name of a status (`"MOTH_STATUS_WRONG_SHAPE"`), or

@@ -432,3 +432,59 @@ mod tests {
         assert_eq!(g.lock().err().unwrap().status, moth_status::Poisoned);
     }
 }
+
+#[cfg(test)]
+mod poisoning_tests {
+    use super::*;
+    use crate::ffi::config::moth_config_new;
+    use crate::ffi::session::*;
+    use crate::ffi::status::moth_status;
+    use std::ffi::c_char;
+
+    /// A call that panics while it holds the session, as a bug in moth
+    /// would: the panic must come back as a status and poison the session.
+    unsafe extern "C" fn panics_while_holding(session: *mut moth_session) -> moth_status {
+        ffi_boundary!("panics_while_holding", session = session, {
+            let st = arg(session, "session")?.state.lock()?;
+            if st.session.step() == 0 {
+                panic!("injected failure");
+            }
+            Ok(())
+        })
+    }
+
+    fn last_error(s: *const moth_session) -> String {
+        let mut buf = vec![0 as c_char; 1024];
+        let mut n = 0;
+        // SAFETY: a live session and a buffer of buf.len() bytes.
+        let st = unsafe { moth_session_last_error(s, buf.as_mut_ptr(), buf.len(), &mut n) };
+        assert_eq!(st, moth_status::Ok);
+        // SAFETY: NUL-terminated by moth.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_poisons_the_session() {
+        // SAFETY: handles made and freed here.
+        unsafe {
+            let mut cfg = std::ptr::null_mut();
+            assert_eq!(moth_config_new(&mut cfg), moth_status::Ok);
+            let mut s = std::ptr::null_mut();
+            assert_eq!(moth_session_new(cfg, 3, 1, 4, 4, &mut s), moth_status::Ok);
+            assert_eq!(panics_while_holding(s), moth_status::Panic);
+            let msg = last_error(s);
+            assert!(msg.contains("injected failure"), "{msg}");
+            assert!(msg.contains("poisoned"), "{msg}");
+            let mut step = 7;
+            assert_eq!(moth_session_step(s, &mut step), moth_status::Poisoned);
+            assert_eq!(step, 0);
+            assert!(last_error(s).contains("poisoned by an earlier internal error"));
+            let mut p = std::mem::zeroed();
+            assert_eq!(moth_session_phase(s, &mut p), moth_status::Poisoned);
+            moth_session_free(s);
+            crate::ffi::config::moth_config_free(cfg);
+        }
+    }
+}

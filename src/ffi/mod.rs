@@ -32,6 +32,7 @@
 #[macro_use]
 pub(crate) mod boundary;
 pub mod buffer;
+pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod log;

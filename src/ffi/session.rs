@@ -3,15 +3,13 @@
 //! Each function mirrors one method of the Rust API.
 
 use std::ffi::{c_char, c_void};
-use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::boundary::{
-    arg, c_str, from_handle, init_out, into_handle, out, ErrorRecord, Guarded, Zeroable,
+    arg, from_handle, init_out, into_handle, out, ErrorRecord, Guarded, Zeroable,
 };
-use super::buffer::moth_buffer;
 use super::classifier::moth_classifier;
 use super::config::{moth_config, write_json};
 use super::log::{moth_free_fn, moth_log_fn, moth_log_level, LogSink};
@@ -35,13 +33,13 @@ pub(crate) struct SessionState {
 /// `MOTH_STATUS_BUSY`. Its last error is kept on the handle, so it survives
 /// a runtime moving the caller between threads.
 pub struct moth_session {
-    state: Guarded<SessionState>,
+    pub(super) state: Guarded<SessionState>,
     last_error: Mutex<std::ffi::CString>,
     log: Mutex<Option<Arc<LogSink>>>,
 }
 
 impl moth_session {
-    fn new(session: Session) -> Self {
+    pub(super) fn new(session: Session) -> Self {
         moth_session {
             state: Guarded::new(
                 "session",
@@ -63,7 +61,7 @@ impl moth_session {
 
     /// Like [`moth_session::log`], building the message only when a
     /// callback is set.
-    fn log_with(&self, level: moth_log_level, message: impl FnOnce() -> String) {
+    pub(super) fn log_with(&self, level: moth_log_level, message: impl FnOnce() -> String) {
         let sink = self.log.lock().clone();
         if let Some(sink) = sink {
             sink.emit(level, &message());
@@ -131,7 +129,7 @@ fn spec_of(num_classes: usize, c: i64, h: i64, w: i64) -> SessionSpec {
 }
 
 /// The expected spec of a checkpoint: `num_classes == 0` means "any".
-fn expected_spec(num_classes: usize, c: i64, h: i64, w: i64) -> Option<SessionSpec> {
+pub(super) fn expected_spec(num_classes: usize, c: i64, h: i64, w: i64) -> Option<SessionSpec> {
     (num_classes != 0).then(|| spec_of(num_classes, c, h, w))
 }
 
@@ -554,47 +552,10 @@ pub unsafe extern "C" fn moth_session_cuda_stream(
     })
 }
 
-/// Saves the session to a checkpoint file at `path`, atomically (a
-/// temporary file in the same folder, then a rename). The checkpoint holds
-/// the whole hardening state (matrices, triggers, bounds, counters, RNG,
-/// configuration); the model and optimiser are the caller's to save.
-#[no_mangle]
-#[must_use]
-pub unsafe extern "C" fn moth_session_save(
-    session: *const moth_session,
-    path: *const c_char,
-) -> moth_status {
-    ffi_boundary!("moth_session_save", session = session, {
-        let s = arg(session, "session")?;
-        let path = c_str(path, "path")?;
-        let st = s.state.lock()?;
-        st.session.save(Path::new(path))?;
-        s.log_with(moth_log_level::Info, || {
-            format!("saved the session at step {} to {path}", st.session.step())
-        });
-        Ok(())
-    })
-}
-
-/// Serialises the session into a new buffer (the checkpoint file's bytes).
-#[no_mangle]
-#[must_use]
-pub unsafe extern "C" fn moth_session_to_buffer(
-    session: *const moth_session,
-    out_buffer: *mut *mut moth_buffer,
-) -> moth_status {
-    ffi_boundary!("moth_session_to_buffer", session = session, {
-        read_into(session, out_buffer, "out_buffer", |s| {
-            let bytes = s.to_bytes()?;
-            Ok(into_handle(moth_buffer::new(bytes)))
-        })
-    })
-}
-
 /// The common shape of the read-only getters: zero the out-parameter,
 /// check it and then the session for NULL, lock the session and write what
 /// `read` returns.
-fn read_into<T: Zeroable>(
+pub(super) fn read_into<T: Zeroable>(
     session: *const moth_session,
     out_ptr: *mut T,
     out_name: &str,
@@ -605,120 +566,4 @@ fn read_into<T: Zeroable>(
     let st = arg(session, "session")?.state.lock()?;
     *o = read(&st.session)?;
     Ok(())
-}
-
-fn loaded(session: crate::Result<Session>, o: &mut *mut moth_session) -> FfiResult<()> {
-    *o = into_handle(moth_session::new(session?));
-    Ok(())
-}
-
-/// Loads a session saved with `moth_session_save`. With `num_classes > 0`
-/// the checkpoint must have been made for that class count and input shape
-/// `[c, h, w]` (`MOTH_STATUS_CHECKPOINT` otherwise); `num_classes == 0`
-/// accepts any (read the spec with `moth_session_spec`). A corrupted,
-/// truncated or other-version file gives `MOTH_STATUS_CHECKPOINT`.
-#[no_mangle]
-#[must_use]
-pub unsafe extern "C" fn moth_session_load(
-    path: *const c_char,
-    num_classes: usize,
-    c: i64,
-    h: i64,
-    w: i64,
-    out_session: *mut *mut moth_session,
-) -> moth_status {
-    ffi_boundary!("moth_session_load", {
-        init_out(out_session);
-        let o = out(out_session, "out_session")?;
-        let path = c_str(path, "path")?;
-        loaded(
-            Session::load(Path::new(path), expected_spec(num_classes, c, h, w)),
-            o,
-        )
-    })
-}
-
-/// Restores a session from `len` bytes at `data` (made by
-/// `moth_session_to_buffer` or read from a checkpoint file); `num_classes`,
-/// `c`, `h`, `w` as for `moth_session_load`. The bytes are not kept.
-/// `data` may be NULL only when `len` is 0 (an empty buffer, refused as a
-/// truncated checkpoint with `MOTH_STATUS_CHECKPOINT`).
-#[no_mangle]
-#[must_use]
-pub unsafe extern "C" fn moth_session_from_buffer(
-    data: *const u8,
-    len: usize,
-    num_classes: usize,
-    c: i64,
-    h: i64,
-    w: i64,
-    out_session: *mut *mut moth_session,
-) -> moth_status {
-    ffi_boundary!("moth_session_from_buffer", {
-        init_out(out_session);
-        let o = out(out_session, "out_session")?;
-        let bytes: &[u8] = match (data.is_null(), len) {
-            (true, 0) => &[],
-            (true, _) => return Err(FfiError::null("data")),
-            // SAFETY: non-NULL; the caller promises `len` readable bytes.
-            (false, _) => unsafe { std::slice::from_raw_parts(data, len) },
-        };
-        loaded(
-            Session::from_bytes(bytes, expected_spec(num_classes, c, h, w)),
-            o,
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ffi::config::moth_config_new;
-
-    /// A call that panics while it holds the session, as a bug in moth
-    /// would: the panic must come back as a status and poison the session.
-    unsafe extern "C" fn panics_while_holding(session: *mut moth_session) -> moth_status {
-        ffi_boundary!("panics_while_holding", session = session, {
-            let st = arg(session, "session")?.state.lock()?;
-            if st.session.step() == 0 {
-                panic!("injected failure");
-            }
-            Ok(())
-        })
-    }
-
-    fn last_error(s: *const moth_session) -> String {
-        let mut buf = vec![0 as c_char; 1024];
-        let mut n = 0;
-        // SAFETY: a live session and a buffer of buf.len() bytes.
-        let st = unsafe { moth_session_last_error(s, buf.as_mut_ptr(), buf.len(), &mut n) };
-        assert_eq!(st, moth_status::Ok);
-        // SAFETY: NUL-terminated by moth.
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    #[test]
-    fn a_panic_poisons_the_session() {
-        // SAFETY: handles made and freed here.
-        unsafe {
-            let mut cfg = std::ptr::null_mut();
-            assert_eq!(moth_config_new(&mut cfg), moth_status::Ok);
-            let mut s = std::ptr::null_mut();
-            assert_eq!(moth_session_new(cfg, 3, 1, 4, 4, &mut s), moth_status::Ok);
-            assert_eq!(panics_while_holding(s), moth_status::Panic);
-            let msg = last_error(s);
-            assert!(msg.contains("injected failure"), "{msg}");
-            assert!(msg.contains("poisoned"), "{msg}");
-            let mut step = 7;
-            assert_eq!(moth_session_step(s, &mut step), moth_status::Poisoned);
-            assert_eq!(step, 0);
-            assert!(last_error(s).contains("poisoned by an earlier internal error"));
-            let mut p = std::mem::zeroed();
-            assert_eq!(moth_session_phase(s, &mut p), moth_status::Poisoned);
-            moth_session_free(s);
-            crate::ffi::config::moth_config_free(cfg);
-        }
-    }
 }

@@ -15,6 +15,7 @@ use std::ptr::null_mut;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use moth::ffi::buffer::*;
+pub use moth::ffi::checkpoint::*;
 pub use moth::ffi::classifier::*;
 pub use moth::ffi::config::*;
 pub use moth::ffi::log::*;
