@@ -556,6 +556,18 @@ fn atomic_write_replaces_content_and_leaves_no_temp_files() {
     assert!(sub.join("keep").exists());
 }
 
+#[test]
+fn atomic_writes_get_the_permissions_of_a_plain_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let path = dir.path().join("a.ckpt");
+    write_atomic(&path, b"x").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), mode(&plain));
+}
+
 /// The pid of a process that has exited (and been reaped).
 fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().unwrap();

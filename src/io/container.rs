@@ -21,10 +21,10 @@
 //! bytes of the elements, which round-trips bit-exactly (NaN payloads, -0.0,
 //! denormals included).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bincode::config;
 use bincode::error::DecodeError;
@@ -310,30 +310,12 @@ pub fn decode<T: DeserializeOwned>(kind: PayloadKind, bytes: &[u8]) -> Result<T>
     Ok(value)
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// The directory holding `path` (`.` for a bare file name).
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// The temporary file [`write_atomic`] writes before renaming it over
-/// `path`: `.<file name>.tmp.<pid>.<counter>` in the same directory. A writer
-/// killed mid-write may leave such a file behind; it is never read.
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::io(
-            format!("writing {}", path.display()),
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-        )
-    })?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = temp_prefix(name);
-    tmp_name.push(format!("{}.{}", std::process::id(), n));
-    Ok(parent_dir(path).join(tmp_name))
 }
 
 /// `.<file name>.tmp.`: what every temporary file of `name` starts with,
@@ -346,36 +328,42 @@ fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
 }
 
 /// Replaces the file at `path` with `bytes` atomically: writes a temporary
-/// file in the same directory, syncs it, renames it over `path`, then syncs
-/// the directory. After a crash `path` holds either its old content or
-/// `bytes`. The temporary file is removed when a step before the rename
-/// fails; one left by a writer that was killed is removed by the next
-/// successful write of the same path.
+/// file `.<name>.tmp.<pid>.<random>` in the same directory, syncs it,
+/// renames it over `path`, then syncs the directory. After a crash `path`
+/// holds either its old content or `bytes`. The temporary file is removed
+/// when a step before the rename fails (`tempfile` deletes it on drop); one
+/// left by a writer that was killed is removed by the next successful write
+/// of the same path. The file is created with mode `0o644` (less the
+/// umask, which `open` applies), as `File::create` would, rather than
+/// `tempfile`'s private `0o600`: a checkpoint is often shared.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path)?;
-    let written = (|| -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        file.write_all(bytes)
-            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-        file.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| {
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            format!("writing {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        )
+    })?;
+    let dir = parent_dir(path);
+    let mut prefix = temp_prefix(name);
+    prefix.push(format!("{}.", std::process::id()));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(&dir)
+        .map_err(|e| {
             Error::io(
-                format!("renaming {} to {}", tmp.display(), path.display()),
+                format!("creating a temporary file to write {}", path.display()),
                 e,
             )
-        })
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let dir = parent_dir(path);
+        })?;
+    let shown = tmp.path().display().to_string();
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {shown}"), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("syncing {shown}"), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("renaming {shown} to {}", path.display()), e.error))?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))?;
