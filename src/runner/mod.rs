@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -78,7 +79,10 @@ pub struct StepRecord {
 
 /// Everything needed to continue a run exactly: the session, the model, the
 /// optimiser, the history and the last model within the accuracy bound, all
-/// at the same step. `extra` carries the caller's own notes (JSON text).
+/// at the same step. `notes` carries the caller's own notes, a value of the
+/// caller's type encoded with bincode like the rest (see
+/// [`HardenRun::checkpoint`]), so that this struct decodes without knowing
+/// that type.
 #[derive(Serialize, Deserialize)]
 pub struct RunCheckpoint {
     /// The session checkpoint (its own self-checking format).
@@ -98,8 +102,10 @@ pub struct RunCheckpoint {
     pub restored_last_good: bool,
     /// Class names.
     pub classes: Vec<String>,
-    /// Caller notes (the CLI stores its arguments and the "before" report).
-    pub extra: String,
+    /// Caller notes (the CLI stores its arguments and the "before" report),
+    /// bincode-encoded.
+    #[serde(with = "serde_bytes")]
+    pub notes: Vec<u8>,
 }
 
 /// A hardening run in progress.
@@ -257,8 +263,11 @@ impl<'a> HardenRun<'a> {
         Ok(!self.session.is_done())
     }
 
-    /// Checkpoint bytes of the whole run at the current step.
-    pub fn checkpoint(&self, extra: &str) -> Result<Vec<u8>> {
+    /// Checkpoint bytes of the whole run at the current step, with the
+    /// caller's `notes` (any serde type; [`HardenRun::resume`] gives it back).
+    pub fn checkpoint<N: Serialize>(&self, notes: &N) -> Result<Vec<u8>> {
+        let notes = bincode::serde::encode_to_vec(notes, bincode::config::standard())
+            .map_err(|e| Error::encode("the run notes", e))?;
         let ck = RunCheckpoint {
             session: self.session.to_bytes()?,
             model: self.model.snapshot(&self.train.classes)?,
@@ -268,19 +277,20 @@ impl<'a> HardenRun<'a> {
             last_good: self.last_good.clone(),
             restored_last_good: self.restored_last_good,
             classes: self.train.classes.clone(),
-            extra: extra.to_string(),
+            notes,
         };
         container::encode(PayloadKind::Trainer, &ck)
     }
 
     /// Continues a run from [`HardenRun::checkpoint`] bytes on `device`,
-    /// checking that the data matches. Returns the run and its `extra` notes.
-    pub fn resume(
+    /// checking that the data matches. Returns the run and the notes given to
+    /// [`HardenRun::checkpoint`].
+    pub fn resume<N: DeserializeOwned>(
         bytes: &[u8],
         device: tch::Device,
         train: &'a Dataset,
         test: &Dataset,
-    ) -> Result<(Self, String)> {
+    ) -> Result<(Self, N)> {
         let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;
         let spec = SessionSpec {
             num_classes: train.num_classes(),
@@ -316,11 +326,24 @@ impl<'a> HardenRun<'a> {
             last_good: ck.last_good,
             restored_last_good: ck.restored_last_good,
         };
-        Ok((run, ck.extra))
+        Ok((run, decode_notes(&ck.notes)?))
     }
 
     /// Whether the accuracy bound made the run return to an earlier model.
     pub fn restored_last_good(&self) -> bool {
         self.restored_last_good
+    }
+}
+
+/// Decodes the caller's notes of a run checkpoint; all of them must be used.
+fn decode_notes<N: DeserializeOwned>(bytes: &[u8]) -> Result<N> {
+    let limit = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+    match bincode::serde::decode_from_slice(bytes, limit) {
+        Ok((notes, used)) if used == bytes.len() => Ok(notes),
+        Ok((_, used)) => Err(Error::Checkpoint(format!(
+            "the run notes end after {used} of {} bytes",
+            bytes.len()
+        ))),
+        Err(e) => Err(Error::Checkpoint(format!("bad run notes: {e}"))),
     }
 }

@@ -90,9 +90,13 @@ fn resume<'d>(
     let path = dir.join("run.ckpt");
     let bytes = moth::io::container::read_file(&path)?;
     let device = a.common.device.resolve()?;
-    let (run, extra) = HardenRun::resume(&bytes, device, train_set, test_set)?;
-    let notes: HardenNotes = serde_json::from_str(&extra)
-        .map_err(|e| moth::Error::Checkpoint(format!("{}: bad run notes: {e}", path.display())))?;
+    let (run, notes): (HardenRun, HardenNotes) =
+        HardenRun::resume(&bytes, device, train_set, test_set).map_err(|e| match e {
+            moth::Error::Checkpoint(m) => {
+                moth::Error::Checkpoint(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })?;
     pin_threads(&run.session);
     println!(
         "resuming {} from {} at step {} of {} ({})",
@@ -196,8 +200,7 @@ fn distances_before(
 
 /// Writes the run checkpoint (atomically) with the notes.
 fn save(run: &HardenRun, notes: &HardenNotes, ckpt: &Path) -> moth::Result<()> {
-    let extra = serde_json::to_string(notes).map_err(|e| moth::Error::input(e.to_string()))?;
-    moth::io::container::write_atomic(ckpt, &run.checkpoint(&extra)?)
+    moth::io::container::write_atomic(ckpt, &run.checkpoint(notes)?)
 }
 
 /// Steps until the session is done, checkpointing every

@@ -42,8 +42,8 @@ pub fn create_dir(dir: &Path) -> moth::Result<()> {
 
 /// Writes `value` as pretty JSON to `path`.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> moth::Result<()> {
-    let json =
-        serde_json::to_string_pretty(value).map_err(|e| moth::Error::input(e.to_string()))?;
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| moth::Error::encode(path.display().to_string(), e))?;
     std::fs::write(path, json)
         .map_err(|e| moth::Error::io(format!("writing {}", path.display()), e))
 }
