@@ -88,7 +88,7 @@ fn unreachable_target_fails_with_a_zero_trigger() {
     let out = invert(&mut model, &task, &InversionConfig::default(), 0).unwrap();
     assert!(!out[0].reached);
     assert_eq!(out[0].size, 0.0);
-    assert!(out[0].trigger.is_zero());
+    assert!(out[0].trigger.is_zero().unwrap());
     assert_eq!(out[0].sample_loss_start.len(), 8, "start losses recorded");
     assert!(out[0].sample_loss_best.is_empty(), "no best, no end losses");
 }

@@ -538,10 +538,10 @@ fn collect_outcomes(
                 pattern: best_pattern.f_get(i as i64)?.f_detach()?,
             }
         } else {
-            Trigger::zeros(shape, device)
+            Trigger::zeros(shape, device)?
         };
         out.push(DirectionOutcome {
-            size: if reached { trigger.size() } else { 0.0 },
+            size: if reached { trigger.size()? } else { 0.0 },
             trigger,
             reached,
             asr: best_asr[i],

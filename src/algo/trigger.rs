@@ -1,6 +1,7 @@
 //! Triggers (backdoors): a mask shared by all channels and a pattern, the
 //! stamping function and the trigger size (docs/algorithm.md section 1).
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::InputKind;
@@ -9,12 +10,16 @@ use crate::{Error, Result};
 /// The `e` of the tanh parametrisation; keeps `atanh` finite at 0 and 1.
 pub const TANH_EPS: f64 = 1e-7;
 
-/// A static backdoor: `T(x) = clip((1 - m) * x + m * p, 0, 1)`.
-#[derive(Debug)]
+/// A static backdoor: `T(x) = clip((1 - m) * x + m * p, 0, 1)`. It
+/// serialises as its two tensors; a decoded trigger is on the CPU and not
+/// yet checked (pass it through [`Trigger::new`]).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Trigger {
     /// `[1, H, W]`, values in `[0, 1]`.
+    #[serde(with = "crate::io::tensor_codec::serde_tensor")]
     pub mask: Tensor,
     /// `[C, H, W]`, values in `[0, 1]`.
+    #[serde(with = "crate::io::tensor_codec::serde_tensor")]
     pub pattern: Tensor,
 }
 
@@ -64,12 +69,12 @@ impl Trigger {
 
     /// The all-zero trigger: what a failed generation returns. Stamping it is
     /// the identity.
-    pub fn zeros(shape: [i64; 3], device: Device) -> Self {
+    pub fn zeros(shape: [i64; 3], device: Device) -> Result<Self> {
         let [c, h, w] = shape;
-        Trigger {
-            mask: Tensor::zeros([1, h, w], (Kind::Float, device)),
-            pattern: Tensor::zeros([c, h, w], (Kind::Float, device)),
-        }
+        Ok(Trigger {
+            mask: Tensor::f_zeros([1, h, w], (Kind::Float, device))?,
+            pattern: Tensor::f_zeros([c, h, w], (Kind::Float, device))?,
+        })
     }
 
     /// Input shape `[C, H, W]` this trigger applies to.
@@ -79,13 +84,19 @@ impl Trigger {
     }
 
     /// Trigger size: `C * sum(m)`, the L1 norm of the channel-broadcast mask.
-    pub fn size(&self) -> f64 {
-        self.input_shape()[0] as f64 * self.mask.sum(Kind::Double).double_value(&[])
+    pub fn size(&self) -> Result<f64> {
+        let sum = self.mask.f_sum(Kind::Double)?.f_double_value(&[])?;
+        Ok(self.input_shape()[0] as f64 * sum)
     }
 
     /// True for the all-zero trigger of a failed generation.
-    pub fn is_zero(&self) -> bool {
-        self.mask.abs().sum(Kind::Double).double_value(&[]) == 0.0
+    pub fn is_zero(&self) -> Result<bool> {
+        let sum = self
+            .mask
+            .f_abs()?
+            .f_sum(Kind::Double)?
+            .f_double_value(&[])?;
+        Ok(sum == 0.0)
     }
 
     /// Applies the trigger to a batch `[n, C, H, W]`.
@@ -152,7 +163,7 @@ mod tests {
         let m = Tensor::ones([1, 2, 2], (Kind::Float, Device::Cpu)).g_mul_scalar(0.5);
         let p = Tensor::ones([3, 2, 2], (Kind::Float, Device::Cpu));
         let t = Trigger::new(m, p).unwrap();
-        assert!((t.size() - 3.0 * 2.0).abs() < 1e-9);
+        assert!((t.size().unwrap() - 3.0 * 2.0).abs() < 1e-9);
         let x = Tensor::zeros([4, 3, 2, 2], (Kind::Float, Device::Cpu));
         let y = t.stamp(&x).unwrap();
         assert!((y.mean(Kind::Double).double_value(&[]) - 0.5).abs() < 1e-7);
@@ -160,9 +171,9 @@ mod tests {
 
     #[test]
     fn zero_trigger_is_identity_with_size_zero() {
-        let t = Trigger::zeros([1, 3, 3], Device::Cpu);
-        assert!(t.is_zero());
-        assert_eq!(t.size(), 0.0);
+        let t = Trigger::zeros([1, 3, 3], Device::Cpu).unwrap();
+        assert!(t.is_zero().unwrap());
+        assert_eq!(t.size().unwrap(), 0.0);
         let x = Tensor::rand([2, 1, 3, 3], (Kind::Float, Device::Cpu));
         assert!(t.stamp(&x).unwrap().equal(&x));
     }

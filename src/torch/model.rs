@@ -58,15 +58,31 @@ impl Arch {
     }
 }
 
-fn build_net(p: &nn::Path, arch: Arch, num_classes: i64) -> nn::SequentialT {
-    let [c, h, _] = arch.input_shape();
+/// Builds the layers of a built-in CNN. tch's layer builders have no
+/// fallible form, so they run under [`catch_tch_panic`].
+fn build_net(p: &nn::Path, arch: Arch, num_classes: i64) -> Result<nn::SequentialT> {
+    let [c, _, _] = arch.input_shape();
     let (mean, std) = arch.normalisation();
-    let mean = Tensor::from_slice(&mean)
-        .reshape([1, c, 1, 1])
-        .to_device(p.device());
-    let std = Tensor::from_slice(&std)
-        .reshape([1, c, 1, 1])
-        .to_device(p.device());
+    let mean = Tensor::f_from_slice(&mean)?
+        .f_reshape([1, c, 1, 1])?
+        .f_to_device(p.device())?;
+    let std = Tensor::f_from_slice(&std)?
+        .f_reshape([1, c, 1, 1])?
+        .f_to_device(p.device())?;
+    catch_tch_panic("building the built-in CNN", || {
+        layers(p, arch, num_classes, mean, std)
+    })
+}
+
+/// The layers of [`build_net`]; the closures are the ops between them.
+fn layers(
+    p: &nn::Path,
+    arch: Arch,
+    num_classes: i64,
+    mean: Tensor,
+    std: Tensor,
+) -> nn::SequentialT {
+    let [c, h, _] = arch.input_shape();
     let mut seq = nn::seq_t().add_fn(move |x| (x - &mean) / &std);
     let conv_cfg = nn::ConvConfig {
         padding: 1,
@@ -221,7 +237,7 @@ impl Model {
             )));
         }
         let vs = nn::VarStore::new(device);
-        let net = build_net(&vs.root(), arch, num_classes);
+        let net = build_net(&vs.root(), arch, num_classes)?;
         Ok(Model {
             vs,
             body: Body::Builtin(arch, net),
@@ -412,7 +428,12 @@ impl Model {
 impl Classifier for Model {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.body {
-            Body::Builtin(_, net) => Ok(net.forward_t(x, self.train)),
+            Body::Builtin(arch, net) => {
+                check_builtin_input(*arch, x)?;
+                catch_tch_panic("the built-in CNN's forward pass", || {
+                    net.forward_t(x, self.train)
+                })
+            }
             Body::Script(m) => Ok(m.forward_ts(&[x])?),
         }
     }
@@ -464,5 +485,78 @@ pub fn accuracy(
         }
         Ok(())
     })?;
-    Ok(correct.int64_value(&[]) as f64 / n as f64)
+    Ok(correct.f_int64_value(&[])? as f64 / n as f64)
+}
+
+/// Runs tch code that has no fallible form (layer builders, the closures of
+/// a `SequentialT`), turning a libtorch panic into [`Error::Torch`]. A
+/// panic of any other kind is not ours to hide and keeps unwinding.
+fn catch_tch_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let text = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        match text {
+            Some(t) => Error::Torch(tch::TchError::Torch(format!("{what}: {t}"))),
+            None => std::panic::resume_unwind(payload),
+        }
+    })
+}
+
+/// Refuses a batch the built-in CNN cannot take before libtorch sees it:
+/// `[n, C, H, W]` with the architecture's `[C, H, W]`, floating point.
+fn check_builtin_input(arch: Arch, x: &Tensor) -> Result<()> {
+    let want = arch.input_shape();
+    let size = x.size();
+    if size.len() != 4 || size[1..] != want {
+        return Err(Error::input(format!(
+            "the built-in CNN takes batches of shape [n, {}, {}, {}], got {size:?}",
+            want[0], want[1], want[2]
+        )));
+    }
+    if !x.f_is_floating_point()? {
+        return Err(Error::input(format!(
+            "the built-in CNN takes floating-point pixels, got {:?}",
+            x.kind()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_cnn_refuses_batches_it_cannot_take_without_panicking() {
+        let model = Model::builtin(Arch::Cnn28, 10, Device::Cpu).unwrap();
+        let cases = [
+            Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([2, 1, 28], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([2, 1, 28, 28], (Kind::Int64, Device::Cpu)),
+        ];
+        for x in &cases {
+            match model.forward(x) {
+                Err(e @ Error::Input(_)) => {
+                    assert!(e.to_string().contains("built-in CNN"), "{e}")
+                }
+                Err(other) => panic!("{:?}: expected an input error, got {other}", x.size()),
+                Ok(_) => panic!("{:?}: accepted", x.size()),
+            }
+        }
+        let ok = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        assert_eq!(model.forward(&ok).unwrap().size(), [2, 10]);
+    }
+
+    #[test]
+    fn a_libtorch_panic_becomes_a_torch_error_and_others_keep_unwinding() {
+        let e = catch_tch_panic("probing", || panic!("{}", String::from("bad op"))).unwrap_err();
+        assert!(matches!(&e, Error::Torch(_)), "{e}");
+        assert!(e.to_string().contains("probing: bad op"), "{e}");
+        let other = std::panic::catch_unwind(|| {
+            let _ = catch_tch_panic("probing", || std::panic::panic_any(7_u8));
+        });
+        assert!(other.is_err());
+    }
 }
