@@ -159,3 +159,27 @@ impl SavedTensor {
         }
     }
 }
+
+/// `#[serde(with = "serde_tensor")]` for a `tch::Tensor` field: the tensor
+/// travels as a [`SavedTensor`] (the same bytes as a `SavedTensor` field)
+/// and comes back on the CPU. What the values must satisfy is the owner's
+/// to check after decoding.
+pub mod serde_tensor {
+    use serde::{de, ser, Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::SavedTensor;
+
+    /// Serialises `tensor` as its [`SavedTensor`].
+    pub fn serialize<S: Serializer>(tensor: &tch::Tensor, s: S) -> Result<S::Ok, S::Error> {
+        SavedTensor::from_tensor(tensor)
+            .map_err(ser::Error::custom)?
+            .serialize(s)
+    }
+
+    /// Deserialises a [`SavedTensor`] into a CPU tensor.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<tch::Tensor, D::Error> {
+        SavedTensor::deserialize(d)?
+            .to_tensor(tch::Device::Cpu)
+            .map_err(de::Error::custom)
+    }
+}

@@ -89,74 +89,40 @@ fn cpu_capability() -> String {
     "default".into()
 }
 
-#[derive(Serialize, Deserialize)]
-struct SavedTrigger {
-    mask: SavedTensor,
-    pattern: SavedTensor,
+/// A decoded trigger, checked against the session's input shape and
+/// [`Trigger::new`]'s rules.
+fn checked_trigger(t: Trigger, spec: &SessionSpec) -> Result<Trigger> {
+    let [c, h, w] = spec.input_shape;
+    if t.mask.size() != [1, h, w] || t.pattern.size() != [c, h, w] {
+        return Err(Error::Checkpoint(format!(
+            "cached trigger has shapes {:?}/{:?}, the session's inputs are {:?}",
+            t.mask.size(),
+            t.pattern.size(),
+            spec.input_shape
+        )));
+    }
+    Trigger::new(t.mask, t.pattern).map_err(|e| Error::Checkpoint(format!("cached trigger: {e}")))
 }
 
-impl SavedTrigger {
-    fn from(t: &Trigger) -> Result<Self> {
-        Ok(SavedTrigger {
-            mask: SavedTensor::from_tensor(&t.mask)?,
-            pattern: SavedTensor::from_tensor(&t.pattern)?,
-        })
+/// A decoded period pair, checked: two classes of the session, finite
+/// sizes, valid triggers.
+fn checked_period(p: Period, spec: &SessionSpec) -> Result<Period> {
+    let n = spec.num_classes;
+    let Pair { source, target } = p.pair;
+    if source >= n || target >= n || source == target {
+        return Err(bad(format!(
+            "period pair {source}<->{target} is not two classes of {n}"
+        )));
     }
-
-    fn restore(&self, spec: &SessionSpec) -> Result<Trigger> {
-        let [c, h, w] = spec.input_shape;
-        let mask = self.mask.to_tensor(Device::Cpu)?;
-        let pattern = self.pattern.to_tensor(Device::Cpu)?;
-        if mask.size() != [1, h, w] || pattern.size() != [c, h, w] {
-            return Err(Error::Checkpoint(format!(
-                "cached trigger has shapes {:?}/{:?}, the session's inputs are {:?}",
-                mask.size(),
-                pattern.size(),
-                spec.input_shape
-            )));
-        }
-        Trigger::new(mask, pattern).map_err(|e| Error::Checkpoint(format!("cached trigger: {e}")))
+    if p.sizes.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(bad("period sizes hold a non-finite value"));
     }
-}
-
-/// One pair of the current period.
-#[derive(Serialize, Deserialize)]
-struct SavedPeriod {
-    pair: Pair,
-    sizes: [Vec<f64>; 2],
-    init: [Option<SavedTrigger>; 2],
-    failed: bool,
-}
-
-impl SavedPeriod {
-    fn from(p: &Period) -> Result<Self> {
-        Ok(SavedPeriod {
-            pair: p.pair,
-            sizes: p.sizes.clone(),
-            init: [saved_opt(&p.init[0])?, saved_opt(&p.init[1])?],
-            failed: p.failed,
-        })
-    }
-
-    fn restore(&self, spec: &SessionSpec) -> Result<Period> {
-        let n = spec.num_classes;
-        let Pair { source, target } = self.pair;
-        if source >= n || target >= n || source == target {
-            return Err(bad(format!(
-                "period pair {source}<->{target} is not two classes of {n}"
-            )));
-        }
-        if self.sizes.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(bad("period sizes hold a non-finite value"));
-        }
-        let restore = |t: &Option<SavedTrigger>| t.as_ref().map(|t| t.restore(spec)).transpose();
-        Ok(Period {
-            pair: self.pair,
-            sizes: self.sizes.clone(),
-            init: [restore(&self.init[0])?, restore(&self.init[1])?],
-            failed: self.failed,
-        })
-    }
+    let [a, b] = p.init;
+    let check = |t: Option<Trigger>| t.map(|t| checked_trigger(t, spec)).transpose();
+    Ok(Period {
+        init: [check(a)?, check(b)?],
+        ..p
+    })
 }
 
 /// The serialised form of a session.
@@ -169,10 +135,10 @@ struct SavedSession {
     step: u64,
     orth_steps: u64,
     scheduler: Scheduler,
-    cache: Vec<(usize, usize, f64, SavedTrigger)>,
-    universal: Vec<(usize, SavedTrigger)>,
+    cache: Vec<(usize, usize, f64, Trigger)>,
+    universal: Vec<(usize, Trigger)>,
     bounds: Bounds,
-    periods: Vec<SavedPeriod>,
+    periods: Vec<Period>,
     pool: Vec<SavedTensor>,
     rng: ChaCha8Rng,
     accuracy: AccuracyState,
@@ -194,19 +160,15 @@ impl Session {
             cache: s
                 .cache
                 .iter()
-                .map(|(&(v, t), (size, trig))| Ok((v, t, *size, SavedTrigger::from(trig)?)))
-                .collect::<Result<_>>()?,
+                .map(|(&(v, t), (size, trig))| (v, t, *size, trig.clone()))
+                .collect(),
             universal: s
                 .universal
                 .iter()
-                .map(|(&t, trig)| Ok((t, SavedTrigger::from(trig)?)))
-                .collect::<Result<_>>()?,
+                .map(|(&t, trig)| (t, trig.clone()))
+                .collect(),
             bounds: s.bounds.clone(),
-            periods: s
-                .periods
-                .iter()
-                .map(SavedPeriod::from)
-                .collect::<Result<_>>()?,
+            periods: s.periods.clone(),
             pool: s
                 .pool
                 .0
@@ -240,10 +202,6 @@ impl Session {
             other => other,
         })
     }
-}
-
-fn saved_opt(t: &Option<Trigger>) -> Result<Option<SavedTrigger>> {
-    t.as_ref().map(SavedTrigger::from).transpose()
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -282,17 +240,16 @@ fn check_phase(phase: &Phase, n: usize) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(bad(format!("phase {phase:?} names a class outside 0..{n}")))
+        Err(bad(format!("phase {phase} names a class outside 0..{n}")))
     }
 }
 
 /// The period's pairs: disjoint, no more than configured, the phase's pair
 /// first (and none outside orthogonalisation).
-fn restore_periods(saved: &SavedSession, spec: &SessionSpec) -> Result<Vec<Period>> {
-    let periods = saved
-        .periods
-        .iter()
-        .map(|p| p.restore(spec))
+fn restore_periods(saved: &mut SavedSession, spec: &SessionSpec) -> Result<Vec<Period>> {
+    let periods = std::mem::take(&mut saved.periods)
+        .into_iter()
+        .map(|p| checked_period(p, spec))
         .collect::<Result<Vec<_>>>()?;
     if periods.len() > saved.config.pairs_per_step {
         return Err(bad(format!(
@@ -318,7 +275,7 @@ fn restore_periods(saved: &SavedSession, spec: &SessionSpec) -> Result<Vec<Perio
     }
 }
 
-fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session> {
+fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session> {
     check_spec(&saved.spec, expected)?;
     saved
         .config
@@ -341,20 +298,20 @@ fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session
         );
     }
     let mut cache = TriggerCache::new();
-    for (v, t, size, trig) in &saved.cache {
-        if *v >= n || *t >= n || v == t || !size.is_finite() || *size < 0.0 {
+    for (v, t, size, trig) in std::mem::take(&mut saved.cache) {
+        if v >= n || t >= n || v == t || !size.is_finite() || size < 0.0 {
             return Err(bad(format!(
                 "cache entry ({v} -> {t}, size {size}) is invalid"
             )));
         }
-        cache.put(*v, *t, trig.restore(&spec)?, *size);
+        cache.put(v, t, checked_trigger(trig, &spec)?, size);
     }
     let mut universal = BTreeMap::new();
-    for (t, trig) in &saved.universal {
-        if *t >= n {
+    for (t, trig) in std::mem::take(&mut saved.universal) {
+        if t >= n {
             return Err(bad(format!("universal trigger for class {t} of {n}")));
         }
-        universal.insert(*t, trig.restore(&spec)?);
+        universal.insert(t, checked_trigger(trig, &spec)?);
     }
     let [c, h, w] = spec.input_shape;
     if saved.pool.len() != n {
@@ -377,7 +334,7 @@ fn restore(saved: SavedSession, expected: Option<SessionSpec>) -> Result<Session
             Ok(t)
         })
         .collect::<Result<Vec<_>>>()?;
-    let periods = restore_periods(&saved, &spec)?;
+    let periods = restore_periods(&mut saved, &spec)?;
     let acc = &saved.accuracy;
     if [acc.baseline, acc.last]
         .iter()

@@ -113,8 +113,9 @@ pub enum AccuracyVerdict {
     },
 }
 
-/// The bookkeeping of one pair of the current period.
-#[derive(Debug, Clone)]
+/// The bookkeeping of one pair of the current period; checkpointed as it
+/// is (see `checkpoint.rs` for the checks on loading).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Period {
     /// The pair hardened.
     pair: Pair,
