@@ -8,7 +8,7 @@ use moth::algo::distance::DistanceMatrix;
 use moth::config::{DistanceConfig, InversionBudget};
 use moth::io::dataset::{Dataset, Split};
 use moth::runner::HardenRun;
-use moth::session::Preset;
+use moth::session::{Method, Preset};
 use moth::torch::model::{Classifier, Model};
 
 use crate::args::BenchArgs;
@@ -31,6 +31,11 @@ struct BenchRow {
     /// (hardening seconds, enlargement) at each measurement point.
     curve: Vec<(f64, f64)>,
     after: DistanceMatrix,
+    /// Every step's triggers, for the Fig. 6 curves.
+    #[serde(skip)]
+    history: Vec<moth::runner::StepRecord>,
+    #[serde(skip)]
+    method: Method,
 }
 
 /// What a variant's hardening loop measured.
@@ -92,7 +97,7 @@ fn prepare(a: &BenchArgs) -> Outcome<Bench<'_>> {
     test_set.classes = classes;
     let dcfg = distance_config(a);
     println!(
-        "bench: {} epoch(s) after warm-up per variant, distances: {}",
+        "bench: {} epoch(s) after warm-up per variant (unless it sets epochs), distances: {}",
         a.epochs,
         dcfg.describe()
     );
@@ -150,6 +155,8 @@ impl Bench<'_> {
             steps: run.session.step(),
             curve,
             after,
+            history: std::mem::take(&mut run.history),
+            method: variant.session.method,
         };
         println!(
             "{v}: enlargement {:+.1}%, accuracy {:+.2} points, {:.1} s hardening, {} steps",
@@ -207,6 +214,24 @@ impl Bench<'_> {
         std::fs::write(out.join("bench.md"), &table)
             .map_err(|e| moth::Error::io("writing bench.md", e))?;
         println!("wrote {}/bench.json and bench.md", out.display());
+        self.write_pair_curves(rows)
+    }
+
+    /// pair_curves.png (the paper's Fig. 6) when the bench ran both MOTH and
+    /// the asymmetric baseline: the first row of each.
+    fn write_pair_curves(&self, rows: &[BenchRow]) -> moth::Result<()> {
+        let find = |m: Method| rows.iter().find(|r| r.method == m);
+        let (Some(sym), Some(asym)) = (find(Method::Moth), find(Method::Asymmetric)) else {
+            return Ok(());
+        };
+        let Some((title, panels)) =
+            crate::pair_curves::figure(&sym.history, &asym.history, &self.test_set.classes)
+        else {
+            return Ok(());
+        };
+        let path = self.a.out.join("pair_curves.png");
+        crate::plot::curves::write_png(&path, &title, "trigger size", &panels)?;
+        println!("wrote {} ({})", path.display(), title);
         Ok(())
     }
 }

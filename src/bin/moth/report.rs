@@ -8,7 +8,7 @@ use moth::algo::distance::DistanceMatrix;
 use moth::io::dataset::Dataset;
 use moth::torch::model::{self, Model};
 
-use crate::heatmap::{self, HeatmapSpec, Scale};
+use crate::plot::heatmap::{self, HeatmapSpec, Scale};
 
 /// Side of a heatmap cell in pixels.
 const CELL_PX: u32 = 48;

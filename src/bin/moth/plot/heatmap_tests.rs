@@ -1,5 +1,5 @@
-use super::font::GLYPHS;
 use super::*;
+use crate::plot::font::{glyph, GLYPHS};
 
 fn labels(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("class{i}")).collect()

@@ -7,15 +7,14 @@
 //! (rotated when they do not fit a cell), the title above everything and a
 //! colour bar with its end values on the right.
 //!
-//! Text uses a small embedded 5x7 bitmap font drawn at an integer scale, so
-//! the module needs nothing beyond the `png` encoder.
+//! Drawing and text go through [`super::canvas`].
 
 use std::path::Path;
 
 use moth::{Error, Result};
 
-mod font;
-use font::{glyph, text_h, text_w, GLYPH_W};
+use super::canvas::{encode, Canvas};
+use super::font::{text_h, text_w};
 
 /// Colour scale choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,75 +259,6 @@ fn truncate_label(label: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Font
-
-/// An RGB8 image with clipped drawing.
-struct Canvas {
-    w: i64,
-    h: i64,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(w: i64, h: i64) -> Canvas {
-        Canvas {
-            w,
-            h,
-            px: vec![255; (w * h * 3) as usize],
-        }
-    }
-
-    fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
-        let (x0, x1) = (x.max(0), (x + w).min(self.w));
-        let (y0, y1) = (y.max(0), (y + h).min(self.h));
-        for yy in y0..y1 {
-            for xx in x0..x1 {
-                let i = ((yy * self.w + xx) * 3) as usize;
-                self.px[i..i + 3].copy_from_slice(&c);
-            }
-        }
-    }
-
-    /// 1 px outline just outside the rectangle.
-    fn outline(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
-        self.fill_rect(x - 1, y - 1, w + 2, 1, c);
-        self.fill_rect(x - 1, y + h, w + 2, 1, c);
-        self.fill_rect(x - 1, y, 1, h, c);
-        self.fill_rect(x + w, y, 1, h, c);
-    }
-
-    /// Horizontal text with its top-left corner at (x, y).
-    fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: [u8; 3]) {
-        glyph_blocks(text, scale, |u, v| {
-            self.fill_rect(x + u, y + v, scale, scale, c)
-        });
-    }
-
-    /// Text rotated 90° counter-clockwise (reading bottom to top), its left
-    /// edge at `x` and its start at the exclusive bottom edge `y_bottom`.
-    fn text_vertical(&mut self, x: i64, y_bottom: i64, text: &str, scale: i64, c: [u8; 3]) {
-        glyph_blocks(text, scale, |u, v| {
-            self.fill_rect(x + v, y_bottom - u - scale, scale, scale, c)
-        });
-    }
-}
-
-/// Calls `block(u, v)` for every lit font pixel, (u, v) being its offset
-/// from the top-left of upright text.
-fn glyph_blocks(text: &str, scale: i64, mut block: impl FnMut(i64, i64)) {
-    for (k, ch) in text.chars().enumerate() {
-        let left = k as i64 * (GLYPH_W + 1) * scale;
-        for (row, bits) in glyph(ch).iter().enumerate() {
-            for col in 0..GLYPH_W {
-                if bits & (1 << (GLYPH_W - 1 - col)) != 0 {
-                    block(left + col * scale, row as i64 * scale);
-                }
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Layout and drawing
 
 /// Where everything goes, in pixels.
@@ -499,20 +429,6 @@ fn draw(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Canvas {
     cv
 }
 
-fn encode(cv: &Canvas) -> Result<Vec<u8>> {
-    let png_err =
-        |e: png::EncodingError| Error::input(format!("heatmap: PNG encoding failed: {e}"));
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, cv.w as u32, cv.h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(png_err)?;
-        writer.write_image_data(&cv.px).map_err(png_err)?;
-        writer.finish().map_err(png_err)?;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
+#[path = "heatmap_tests.rs"]
 mod tests;
