@@ -332,6 +332,21 @@ fn report_and_inspect_use_plain_names() {
         report["final_phase"]
     );
     assert_plain_names("report.json", &text);
+    assert!(out.contains("closest directions before"), "{out}");
+    let cf = &report["change"]["close_far"];
+    assert!(cf["k"].as_u64().unwrap() <= 5, "{cf}");
+    // Every direction measured before left a trigger, so the stamped check
+    // ran exactly when one was measured.
+    let measured = 90 - report["before"]["failed"].as_array().unwrap().len();
+    assert_eq!(report["stamped"].is_null(), measured == 0, "{}", report["stamped"]);
+    if measured > 0 {
+        assert_eq!(report["stamped"][0]["directions"], measured);
+        for side in 0..2 {
+            let mean = report["stamped"][side]["mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&mean), "{mean}");
+        }
+        assert!(out.contains("stamped with the base model's"), "{out}");
+    }
     for png in ["before.png", "after.png", "difference.png"] {
         assert!(out_dir.join(png).exists(), "{png}");
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::algo::inversion::{invert, Direction, InversionTask};
+use crate::algo::trigger::Trigger;
 use crate::config::DistanceConfig;
 use crate::labels::per_class_indices;
 use crate::torch::model::Classifier;
@@ -47,6 +48,25 @@ pub struct Change {
     /// Per source class, the mean relative enlargement of its directions
     /// (0 for a class with none measured both times).
     pub per_class: Vec<f64>,
+    /// Spearman rank correlation of the directions measured both times:
+    /// near 1 when hardening kept the order of close and far pairs.
+    pub rank_correlation: f64,
+    /// The `k` closest directions before against the `k` farthest.
+    pub close_far: CloseFar,
+}
+
+/// Mean distances of the `k` closest and the `k` farthest directions (as
+/// ranked before hardening), before and after: a genuine enlargement keeps
+/// close pairs closer than far ones, and an artefact of the measurement
+/// would move both alike.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CloseFar {
+    /// Directions in each group.
+    pub k: usize,
+    /// Mean of the closest, before and after.
+    pub close: (f64, f64),
+    /// Mean of the farthest, before and after.
+    pub far: (f64, f64),
 }
 
 /// Progress of a measurement, reported after every source class.
@@ -143,7 +163,13 @@ impl DistanceMatrix {
             }
         }
         shrunk.sort_by(|x, y| (x.3 / x.2).total_cmp(&(y.3 / y.2)));
+        let both: Vec<(f64, f64)> = self
+            .measured_in_both(after)
+            .map(|(_, _, b, a)| (b, a))
+            .collect();
         Change {
+            rank_correlation: spearman(&both),
+            close_far: close_far(&both, k),
             smallest_before: self.smallest(k),
             smallest_after: after.smallest(k),
             shrunk,
@@ -194,6 +220,64 @@ impl DistanceMatrix {
     }
 }
 
+/// Ranks of `v` (0-based, ties get their mean rank).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        for &o in &order[i..=j] {
+            r[o] = (i + j) as f64 / 2.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation of the (x, y) pairs (0 for fewer than two
+/// or a constant side).
+fn spearman(pairs: &[(f64, f64)]) -> f64 {
+    let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+    let (rx, ry) = (ranks(&x), ranks(&y));
+    let n = pairs.len() as f64;
+    let mean = (n - 1.0) / 2.0;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in rx.iter().zip(&ry) {
+        sxy += (a - mean) * (b - mean);
+        sxx += (a - mean) * (a - mean);
+        syy += (b - mean) * (b - mean);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// The close/far comparison of (before, after) pairs, ranked by before.
+fn close_far(pairs: &[(f64, f64)], k: usize) -> CloseFar {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let k = k.min(sorted.len() / 2);
+    let mean = |s: &[(f64, f64)]| {
+        let n = s.len().max(1) as f64;
+        (
+            s.iter().map(|p| p.0).sum::<f64>() / n,
+            s.iter().map(|p| p.1).sum::<f64>() / n,
+        )
+    };
+    CloseFar {
+        k,
+        close: mean(&sorted[..k]),
+        far: mean(&sorted[sorted.len() - k..]),
+    }
+}
+
 /// Labelled samples to measure on (a held-out set): `images` `[n, C, H, W]`
 /// floats in `[0,1]` on the CPU, `labels[i]` the class of image `i`, and one
 /// name per class.
@@ -207,6 +291,18 @@ pub struct Samples<'a> {
     pub classes: &'a [String],
 }
 
+/// The smallest trigger found for one direction: what the distance of
+/// `source -> target` measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoundTrigger {
+    /// Victim class.
+    pub source: usize,
+    /// Target class.
+    pub target: usize,
+    /// The trigger (on the CPU).
+    pub trigger: Trigger,
+}
+
 /// Measures every directed class distance of `model` on `samples`.
 /// `on_progress` is called after each source class of each seed.
 pub fn measure(
@@ -215,6 +311,18 @@ pub fn measure(
     cfg: &DistanceConfig,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<DistanceMatrix> {
+    measure_with_triggers(model, samples, cfg, on_progress).map(|(m, _)| m)
+}
+
+/// [`measure`], also returning the smallest trigger of every direction
+/// that reached the ASR bound (for checks such as
+/// [`crate::algo::stamped_accuracy`]).
+pub fn measure_with_triggers(
+    model: &mut dyn Classifier,
+    samples: Samples<'_>,
+    cfg: &DistanceConfig,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(DistanceMatrix, Vec<FoundTrigger>)> {
     cfg.validate()?;
     let n = samples.classes.len();
     if n < 2 {
@@ -236,6 +344,7 @@ pub fn measure(
         )));
     }
     let mut best = vec![vec![0.0f64; n]; n];
+    let mut found: Vec<Vec<Option<Trigger>>> = vec![vec![None; n]; n];
     let total = cfg.seeds.len() * n * (n - 1);
     let mut done = 0;
     for &seed in &cfg.seeds {
@@ -271,6 +380,7 @@ pub fn measure(
             for (b, o) in (0..n).filter(|&b| b != a).zip(outcomes) {
                 if o.reached && (best[a][b] == 0.0 || o.size < best[a][b]) {
                     best[a][b] = o.size;
+                    found[a][b] = Some(o.trigger.to_device(tch::Device::Cpu)?);
                 }
             }
             done += n - 1;
@@ -285,13 +395,27 @@ pub fn measure(
         .flat_map(|a| (0..n).map(move |b| (a, b)))
         .filter(|&(a, b)| a != b && best[a][b] == 0.0)
         .collect();
-    Ok(DistanceMatrix {
+    let matrix = DistanceMatrix {
         classes: samples.classes.to_vec(),
         values: best,
         failed,
         protocol: cfg.describe(),
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    let triggers = found
+        .into_iter()
+        .enumerate()
+        .flat_map(|(source, row)| {
+            row.into_iter().enumerate().filter_map(move |(target, t)| {
+                t.map(|trigger| FoundTrigger {
+                    source,
+                    target,
+                    trigger,
+                })
+            })
+        })
+        .collect();
+    Ok((matrix, triggers))
 }
 
 #[cfg(test)]
@@ -337,5 +461,19 @@ mod tests {
         assert_eq!(before.change(&shrinking, 1).shrunk, vec![(0, 1, 10.0, 5.0)]);
         let table = before.to_table();
         assert!(table.contains("fail") && table.contains("10.0"));
+    }
+
+    #[test]
+    fn rank_correlation_and_close_far_follow_the_order_of_pairs() {
+        let kept = [(1.0, 2.0), (2.0, 3.0), (3.0, 9.0), (4.0, 10.0)];
+        assert!((spearman(&kept) - 1.0).abs() < 1e-12);
+        let reversed = [(1.0, 4.0), (2.0, 3.0), (3.0, 2.0), (4.0, 1.0)];
+        assert!((spearman(&reversed) + 1.0).abs() < 1e-12);
+        assert_eq!(spearman(&[(1.0, 1.0)]), 0.0);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![1.5, 0.0, 1.5]);
+        let cf = close_far(&kept, 1);
+        assert_eq!((cf.k, cf.close, cf.far), (1, (1.0, 2.0), (4.0, 10.0)));
+        let cf = close_far(&kept, 5);
+        assert_eq!((cf.k, cf.close, cf.far), (2, (1.5, 2.5), (3.5, 9.5)));
     }
 }

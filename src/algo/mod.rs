@@ -7,6 +7,7 @@ pub mod cost_schedule;
 pub mod distance;
 pub mod inversion;
 pub mod scheduler;
+pub mod stamped_accuracy;
 pub mod trigger;
 pub mod two_sided;
 pub mod warmup;

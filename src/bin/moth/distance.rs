@@ -1,7 +1,8 @@
 //! `moth distance`, and the measurement with progress that `harden` and
 //! `bench` use too.
 
-use moth::algo::distance::{self, DistanceMatrix, Samples};
+use moth::algo::distance::{self, DistanceMatrix, FoundTrigger, Samples};
+use moth::algo::stamped_accuracy::StampedAccuracy;
 use moth::config::DistanceConfig;
 use moth::io::dataset::{Dataset, Split};
 use moth::torch::model::{Classifier, Model};
@@ -37,6 +38,15 @@ pub fn measure_with_progress(
     data: &Dataset,
     cfg: &DistanceConfig,
 ) -> Outcome<DistanceMatrix> {
+    measure_keeping_triggers(model, data, cfg).map(|(m, _)| m)
+}
+
+/// [`measure_with_progress`], also returning each direction's trigger.
+pub fn measure_keeping_triggers(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &DistanceConfig,
+) -> Outcome<(DistanceMatrix, Vec<FoundTrigger>)> {
     let pb = bar(
         0,
         "distances [{bar:30}] {pos}/{len} pairs, {elapsed} elapsed, ETA {eta}",
@@ -46,13 +56,39 @@ pub fn measure_with_progress(
     m
 }
 
+/// Test samples per class stamped by [`stamped_accuracy`].
+const STAMPED_PER_CLASS: usize = 200;
+
+/// The clean-label accuracy of `model` on test samples stamped with
+/// `triggers` (found on the base model).
+pub fn stamped_accuracy(
+    model: &mut Model,
+    data: &Dataset,
+    triggers: &[FoundTrigger],
+) -> moth::Result<StampedAccuracy> {
+    moth::algo::stamped_accuracy::stamped_accuracy(
+        model,
+        &samples(data),
+        triggers,
+        STAMPED_PER_CLASS,
+    )
+}
+
+fn samples(data: &Dataset) -> Samples<'_> {
+    Samples {
+        images: &data.images,
+        labels: data.labels_vec(),
+        classes: &data.classes,
+    }
+}
+
 /// All class distances of `model` on `data`, showing nothing.
 pub fn measure_quietly(
     model: &mut Model,
     data: &Dataset,
     cfg: &DistanceConfig,
 ) -> Outcome<DistanceMatrix> {
-    measure(model, data, cfg, &hidden())
+    measure(model, data, cfg, &hidden()).map(|(m, _)| m)
 }
 
 /// The library's measurement. It cannot be stopped half-way: Ctrl-C is
@@ -63,25 +99,16 @@ fn measure(
     data: &Dataset,
     cfg: &DistanceConfig,
     pb: &Progress,
-) -> Outcome<DistanceMatrix> {
+) -> Outcome<(DistanceMatrix, Vec<FoundTrigger>)> {
     let mut announced = false;
-    let m = distance::measure(
-        model,
-        Samples {
-            images: &data.images,
-            labels: data.labels_vec(),
-            classes: &data.classes,
-        },
-        cfg,
-        &mut |p| {
-            pb.set_length(p.total as u64);
-            pb.set_position(p.done as u64);
-            if !announced && crate::interrupted() {
-                announced = true;
-                pb.note("interrupted: stopping when this distance measurement ends (Ctrl-C again to quit now)");
-            }
-        },
-    )?;
+    let m = distance::measure_with_triggers(model, samples(data), cfg, &mut |p| {
+        pb.set_length(p.total as u64);
+        pb.set_position(p.done as u64);
+        if !announced && crate::interrupted() {
+            announced = true;
+            pb.note("interrupted: stopping when this distance measurement ends (Ctrl-C again to quit now)");
+        }
+    })?;
     if crate::interrupted() {
         return Err(Failure::Stopped(
             "interrupted while measuring class distances".into(),

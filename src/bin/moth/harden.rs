@@ -12,12 +12,14 @@ use moth::session::{Phase, Preset, Session, SessionConfig};
 use moth::torch::model::{Classifier, Model};
 
 use crate::args::{check_batch, preset_session_config, HardenArgs};
-use crate::distance::measure_with_progress;
+use crate::distance::{measure_keeping_triggers, measure_with_progress, stamped_accuracy};
 use crate::progress::{bar, Progress};
 use crate::report::{
     create_dir, device_name, print_matrix, test_accuracy, write_harden_report, HardenReport,
 };
 use crate::{Failure, Outcome};
+use moth::algo::distance::FoundTrigger;
+use moth::algo::stamped_accuracy::StampedAccuracy;
 
 /// What `--resume` needs besides the run checkpoint: the settings that
 /// shape the final report and the "before" half of it.
@@ -29,6 +31,9 @@ struct HardenNotes {
     distance: DistanceConfig,
     accuracy_before: f64,
     before: Option<DistanceMatrix>,
+    /// The base model's triggers and its accuracy on samples they stamp.
+    before_triggers: Vec<FoundTrigger>,
+    stamped_before: Option<StampedAccuracy>,
     seconds_before_hardening: f64,
     harden_seconds_so_far: f64,
 }
@@ -154,9 +159,13 @@ fn start<'d>(
     print_plan(a, &base, &run_cfg);
     let acc_before = test_accuracy(&mut base, test_set)?;
     println!("clean test accuracy before: {:.2}%", 100.0 * acc_before);
-    let before = match a.no_distance {
-        true => None,
-        false => Some(distances_before(&mut base, test_set, &dcfg)?),
+    let (before, before_triggers, stamped_before) = match a.no_distance {
+        true => (None, Vec::new(), None),
+        false => {
+            let (m, triggers) = distances_before(&mut base, test_set, &dcfg)?;
+            let stamped = stamped_check(&mut base, test_set, &triggers)?;
+            (Some(m), triggers, stamped)
+        }
     };
     let run = HardenRun::new(base, session_cfg, run_cfg, train_set, test_set)?;
     let notes = HardenNotes {
@@ -166,6 +175,8 @@ fn start<'d>(
         distance: dcfg,
         accuracy_before: acc_before,
         before,
+        before_triggers,
+        stamped_before,
         seconds_before_hardening: start.elapsed().as_secs_f64(),
         harden_seconds_so_far: 0.0,
     };
@@ -190,12 +201,25 @@ fn distances_before(
     model: &mut Model,
     test_set: &Dataset,
     dcfg: &DistanceConfig,
-) -> Outcome<DistanceMatrix> {
+) -> Outcome<(DistanceMatrix, Vec<FoundTrigger>)> {
     println!("distances before hardening ({})", dcfg.describe());
-    let m = measure_with_progress(model, test_set, dcfg)
+    let (m, triggers) = measure_keeping_triggers(model, test_set, dcfg)
         .map_err(|f| f.with_note("hardening had not started: nothing written"))?;
     print_matrix(&m);
-    Ok(m)
+    Ok((m, triggers))
+}
+
+/// `model`'s accuracy on test samples stamped with the base model's
+/// triggers; None when no direction produced one.
+fn stamped_check(
+    model: &mut Model,
+    test_set: &Dataset,
+    triggers: &[FoundTrigger],
+) -> moth::Result<Option<StampedAccuracy>> {
+    if triggers.is_empty() {
+        return Ok(None);
+    }
+    stamped_accuracy(model, test_set, triggers).map(Some)
 }
 
 /// Writes the run checkpoint (atomically) with the notes.
@@ -323,7 +347,8 @@ fn finish(
             &model_path,
         )?),
     };
-    let report = build_report(&run, notes, acc_after, after, wall);
+    let stamped_after = stamped_check(&mut run.model, &data.test, &notes.before_triggers)?;
+    let report = build_report(&run, notes, acc_after, after, stamped_after, wall);
     write_harden_report(&report, out)?;
     Ok(())
 }
@@ -362,6 +387,7 @@ fn build_report(
     notes: HardenNotes,
     accuracy_after: f64,
     after: Option<DistanceMatrix>,
+    stamped_after: Option<StampedAccuracy>,
     wall: Instant,
 ) -> HardenReport {
     let phase = run.session.phase();
@@ -397,6 +423,7 @@ fn build_report(
         before: notes.before,
         after,
         change,
+        stamped: notes.stamped_before.zip(stamped_after),
         session_config: run.session.config().clone(),
         pair_counts: run.session.scheduler().count.clone(),
         history: run.history.clone(),

@@ -9,6 +9,7 @@ use moth::io::dataset::Dataset;
 use moth::torch::model::{self, Model};
 
 use crate::plot::heatmap::{self, HeatmapSpec, Scale};
+use moth::algo::stamped_accuracy::StampedAccuracy;
 
 /// Side of a heatmap cell in pixels.
 const CELL_PX: u32 = 48;
@@ -97,6 +98,9 @@ pub struct HardenReport {
     pub after: Option<DistanceMatrix>,
     /// Smallest distances, shrunk directions, per-class enlargement.
     pub change: Option<moth::algo::distance::Change>,
+    /// Accuracy on test samples stamped with the base model's triggers:
+    /// on the base model, then on the hardened one.
+    pub stamped: Option<(StampedAccuracy, StampedAccuracy)>,
     pub session_config: moth::session::SessionConfig,
     pub pair_counts: Vec<Vec<f64>>,
     pub history: Vec<moth::runner::StepRecord>,
@@ -162,6 +166,17 @@ fn print_summary(r: &HardenReport, path: &Path) {
     if let (Some(c), Some(b)) = (&r.change, &r.before) {
         print_change(c, &b.classes);
     }
+    if let Some((b, a)) = &r.stamped {
+        println!(
+            "accuracy on test samples stamped with the base model's {} triggers ({} per class): base model {:.1}% (worst direction {:.1}%), hardened {:.1}% (worst {:.1}%)",
+            b.directions,
+            b.samples_per_class,
+            100.0 * b.mean,
+            100.0 * b.worst,
+            100.0 * a.mean,
+            100.0 * a.worst
+        );
+    }
     println!(
         "hardening steps: {} ({}), {:.1} s; whole run {:.1} s",
         r.steps, r.final_phase, r.harden_seconds, r.wall_seconds
@@ -206,6 +221,11 @@ fn print_change(c: &moth::algo::distance::Change, classes: &[String]) {
         .map(|(i, e)| format!("{} {:+.0}%", name(i), 100.0 * e))
         .collect();
     println!("mean enlargement per source class: {}", per.join(", "));
+    let cf = &c.close_far;
+    println!(
+        "the {} closest directions before: mean {:.1} -> {:.1}; the {} farthest: {:.1} -> {:.1}; rank correlation before/after {:.2}",
+        cf.k, cf.close.0, cf.close.1, cf.k, cf.far.0, cf.far.1, c.rank_correlation
+    );
 }
 
 #[cfg(test)]
