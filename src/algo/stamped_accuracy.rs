@@ -132,7 +132,7 @@ mod tests {
             target: 1,
             trigger: corner_trigger(0.0),
         };
-        let r = stamped_accuracy(&mut Corner, &samples, &[flips.clone()], 4).unwrap();
+        let r = stamped_accuracy(&mut Corner, &samples, std::slice::from_ref(&flips), 4).unwrap();
         assert_eq!((r.mean, r.worst, r.directions), (0.0, 0.0, 1));
         let r = stamped_accuracy(&mut Corner, &samples, &[flips, harmless], 4).unwrap();
         assert_eq!((r.mean, r.worst, r.directions), (0.5, 0.0, 2));
