@@ -109,6 +109,21 @@ impl DistanceConfig {
         }
     }
 
+    /// The protocol that confirms a quick result: twice quick's samples
+    /// (64 per class), three times its steps (600) and two seeds, 12 times
+    /// its cost. An enlargement that is real holds under both.
+    pub fn confirm() -> Self {
+        DistanceConfig {
+            samples_per_class: 64,
+            budget: InversionBudget {
+                steps: 600,
+                ..Self::paper().budget
+            },
+            seeds: vec![0, 1],
+            ..Self::paper()
+        }
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         if self.samples_per_class == 0 {
@@ -203,5 +218,21 @@ impl InversionConfig {
             )));
         }
         unit_interval("inversion.restart_noise", self.restart_noise)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confirm_protocol_is_at_least_twice_the_samples_and_three_times_the_steps_of_quick() {
+        let (q, c) = (DistanceConfig::quick(), DistanceConfig::confirm());
+        assert!(c.samples_per_class >= 2 * q.samples_per_class);
+        assert!(c.budget.steps >= 3 * q.budget.steps);
+        assert!(c.seeds.len() >= 2);
+        assert_eq!(c.budget.asr_bound, q.budget.asr_bound);
+        c.validate().unwrap();
+        assert!(c.describe().contains("600 steps"), "{}", c.describe());
     }
 }

@@ -338,7 +338,12 @@ fn report_and_inspect_use_plain_names() {
     // Every direction measured before left a trigger, so the stamped check
     // ran exactly when one was measured.
     let measured = 90 - report["before"]["failed"].as_array().unwrap().len();
-    assert_eq!(report["stamped"].is_null(), measured == 0, "{}", report["stamped"]);
+    assert_eq!(
+        report["stamped"].is_null(),
+        measured == 0,
+        "{}",
+        report["stamped"]
+    );
     if measured > 0 {
         assert_eq!(report["stamped"][0]["directions"], measured);
         for side in 0..2 {
