@@ -84,6 +84,7 @@ fn history(dir: &Path) -> Vec<serde_json::Value> {
     let mut h = v["history"].take();
     for r in h.as_array_mut().unwrap() {
         r.as_object_mut().unwrap().remove("seconds");
+        r.as_object_mut().unwrap().remove("harden_seconds");
     }
     h.as_array().unwrap().clone()
 }
@@ -333,6 +334,15 @@ fn report_and_inspect_use_plain_names() {
     );
     assert_plain_names("report.json", &text);
     assert!(out.contains("closest directions before"), "{out}");
+    assert!(out.contains("hardening time: warm-up inversions"), "{out}");
+    let split = &report["time_split"];
+    let parts: f64 = ["warmup_hardening", "later_hardening", "training"]
+        .iter()
+        .map(|k| split[k].as_f64().unwrap())
+        .sum();
+    let total = report["harden_seconds"].as_f64().unwrap();
+    assert!(parts > 0.0 && parts <= total + 0.5, "{split} vs {total}");
+    assert!(split["warmup_hardening"].as_f64().unwrap() > 0.0, "{split}");
     let cf = &report["change"]["close_far"];
     assert!(cf["k"].as_u64().unwrap() <= 5, "{cf}");
     // Every direction measured before left a trigger, so the stamped check

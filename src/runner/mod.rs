@@ -75,6 +75,9 @@ pub struct StepRecord {
     pub accuracy: Option<f64>,
     /// Wall time of the step (hardening + training), seconds.
     pub seconds: f64,
+    /// The part of it spent hardening (inversion and stamping); the rest
+    /// is the training step and the accuracy check.
+    pub harden_seconds: f64,
 }
 
 /// Everything needed to continue a run exactly: the session, the model, the
@@ -237,6 +240,7 @@ impl<'a> HardenRun<'a> {
         let start = Instant::now();
         let (x, y) = self.batch_for(self.session.step())?;
         let hardened = self.session.harden_batch(&mut self.model, &x, &y)?;
+        let harden_seconds = start.elapsed().as_secs_f64();
         // The training step is the only consumer of libtorch's global
         // generator (dropout); seeding it from (seed, step) makes a resumed
         // run draw what the uninterrupted one drew. The session itself never
@@ -259,6 +263,7 @@ impl<'a> HardenRun<'a> {
             loss,
             accuracy,
             seconds: start.elapsed().as_secs_f64(),
+            harden_seconds,
         });
         Ok(!self.session.is_done())
     }
@@ -345,5 +350,32 @@ fn decode_notes<N: DeserializeOwned>(bytes: &[u8]) -> Result<N> {
             bytes.len()
         ))),
         Err(e) => Err(Error::Checkpoint(format!("bad run notes: {e}"))),
+    }
+}
+
+/// Where a run's time went: hardening (inversion, stamping) in the
+/// warm-up and after it, and the rest (training steps, accuracy checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimeSplit {
+    /// Hardening seconds of the warm-up steps.
+    pub warmup_hardening: f64,
+    /// Hardening seconds of the steps after the warm-up.
+    pub later_hardening: f64,
+    /// Everything else: training steps and accuracy checks.
+    pub training: f64,
+}
+
+impl TimeSplit {
+    /// Sums a history.
+    pub fn of(history: &[StepRecord]) -> Self {
+        let mut t = TimeSplit::default();
+        for r in history {
+            match r.phase {
+                Phase::Warmup { .. } => t.warmup_hardening += r.harden_seconds,
+                _ => t.later_hardening += r.harden_seconds,
+            }
+            t.training += (r.seconds - r.harden_seconds).max(0.0);
+        }
+        t
     }
 }

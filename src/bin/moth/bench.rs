@@ -32,6 +32,8 @@ struct BenchRow {
     curve: Vec<(f64, f64)>,
     after: DistanceMatrix,
     /// Every step's triggers, for the Fig. 6 curves.
+    /// Where the hardening time went.
+    time_split: moth::runner::TimeSplit,
     #[serde(skip)]
     history: Vec<moth::runner::StepRecord>,
     #[serde(skip)]
@@ -155,6 +157,7 @@ impl Bench<'_> {
             steps: run.session.step(),
             curve,
             after,
+            time_split: moth::runner::TimeSplit::of(&run.history),
             history: std::mem::take(&mut run.history),
             method: variant.session.method,
         };
@@ -272,7 +275,7 @@ fn bench_table(rows: &[BenchRow], bench: &Bench) -> String {
     let common = common_enlargement(rows);
     let target = common.map(|c| c.0);
     let mut t = format!(
-        "| variant | enlargement | accuracy change (points) | hardening time (s) | steps |{}\n|---|---|---|---|---|{}\n",
+        "| variant | enlargement | accuracy change (points) | hardening time (s) | warm-up / later inversions / training (s) | steps |{}\n|---|---|---|---|---|---|{}\n",
         if target.is_some() { " time to reach the common enlargement (s) |" } else { "" },
         if target.is_some() { "---|" } else { "" }
     );
@@ -280,12 +283,16 @@ fn bench_table(rows: &[BenchRow], bench: &Bench) -> String {
         let reach = target.map(|g| {
             time_to_reach(&r.curve, g).map_or("not reached".to_string(), |s| format!("{s:.1}"))
         });
+        let s = &r.time_split;
         t.push_str(&format!(
-            "| {} | {:+.1}% | {:+.2} | {:.1} | {} |{}\n",
+            "| {} | {:+.1}% | {:+.2} | {:.1} | {:.0} / {:.0} / {:.0} | {} |{}\n",
             r.variant,
             100.0 * r.enlargement,
             100.0 * (r.accuracy_after - r.accuracy_before),
             r.harden_seconds,
+            s.warmup_hardening,
+            s.later_hardening,
+            s.training,
             r.steps,
             reach.map_or(String::new(), |s| format!(" {s} |"))
         ));

@@ -424,6 +424,7 @@ fn build_report(
         after,
         change,
         stamped: notes.stamped_before.zip(stamped_after),
+        time_split: moth::runner::TimeSplit::of(&run.history),
         session_config: run.session.config().clone(),
         pair_counts: run.session.scheduler().count.clone(),
         history: run.history.clone(),

@@ -105,6 +105,7 @@ mod tests {
             loss: 0.0,
             accuracy: None,
             seconds: 0.0,
+            harden_seconds: 0.0,
         }
     }
 

@@ -101,6 +101,8 @@ pub struct HardenReport {
     /// Accuracy on test samples stamped with the base model's triggers:
     /// on the base model, then on the hardened one.
     pub stamped: Option<(StampedAccuracy, StampedAccuracy)>,
+    /// Where the hardening time went.
+    pub time_split: moth::runner::TimeSplit,
     pub session_config: moth::session::SessionConfig,
     pub pair_counts: Vec<Vec<f64>>,
     pub history: Vec<moth::runner::StepRecord>,
@@ -180,6 +182,11 @@ fn print_summary(r: &HardenReport, path: &Path) {
     println!(
         "hardening steps: {} ({}), {:.1} s; whole run {:.1} s",
         r.steps, r.final_phase, r.harden_seconds, r.wall_seconds
+    );
+    let t = &r.time_split;
+    println!(
+        "hardening time: warm-up inversions {:.1} s, later inversions {:.1} s, training and accuracy checks {:.1} s",
+        t.warmup_hardening, t.later_hardening, t.training
     );
     println!(
         "wrote {} (and before/after/difference heatmaps)",
