@@ -72,6 +72,7 @@ fn assert_plain_names(what: &str, text: &str) {
         "StepBudget",
         "AccuracyBound",
         "Some(",
+        "Cnn28",
     ] {
         assert!(!text.contains(debug), "{what} holds '{debug}':\n{text}");
     }

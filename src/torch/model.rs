@@ -34,6 +34,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The architecture's name in user-facing text.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Cnn28 => "cnn28",
+            Arch::Cnn32 => "cnn32",
+        }
+    }
+
     /// Input shape `[C, H, W]` the architecture expects.
     pub fn input_shape(self) -> [i64; 3] {
         match self {
@@ -419,7 +427,10 @@ impl Model {
     /// A short description for reports.
     pub fn describe(&self) -> String {
         match &self.body {
-            Body::Builtin(a, _) => format!("built-in {a:?}"),
+            Body::Builtin(a, _) => {
+                let [c, h, w] = a.input_shape();
+                format!("built-in {} CNN for {c}x{h}x{w} inputs", a.name())
+            }
             Body::Script(_) => "TorchScript module".to_string(),
         }
     }
@@ -545,6 +556,7 @@ mod tests {
                 Ok(_) => panic!("{:?}: accepted", x.size()),
             }
         }
+        assert_eq!(model.describe(), "built-in cnn28 CNN for 1x28x28 inputs");
         let ok = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         assert_eq!(model.forward(&ok).unwrap().size(), [2, 10]);
     }

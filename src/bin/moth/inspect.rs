@@ -6,7 +6,7 @@ use std::path::Path;
 use moth::io::container::{self, parse_header, PayloadKind};
 use moth::runner::RunCheckpoint;
 use moth::session::Session;
-use moth::torch::model::{Arch, ModelState};
+use moth::torch::model::ModelState;
 use moth::torch::train::OptimizerKind;
 
 pub fn run(path: &Path) -> moth::Result<()> {
@@ -45,7 +45,7 @@ fn print_run(ck: &RunCheckpoint) {
             arch, variables, ..
         } => format!(
             "built-in {}, {} variables",
-            arch_name(*arch),
+            arch.name(),
             variables.len()
         ),
         ModelState::TorchScript { module, .. } => {
@@ -64,13 +64,6 @@ fn print_run(ck: &RunCheckpoint) {
 }
 
 /// The architecture's name, as `Model::describe` spells it.
-fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Cnn28 => "Cnn28",
-        Arch::Cnn32 => "Cnn32",
-    }
-}
-
 fn optimizer_name(kind: OptimizerKind) -> String {
     match kind {
         OptimizerKind::Sgd { momentum, nesterov } => format!(
