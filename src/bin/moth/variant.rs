@@ -148,4 +148,29 @@ mod tests {
             assert!(e.contains("invalid configuration"), "{bad}: {e}");
         }
     }
+
+    /// The variants of scripts/levers.sh, as the shell expands them.
+    fn lever_script_variants() -> Vec<String> {
+        let script = include_str!("../../../scripts/levers.sh");
+        let reference = "moth+preset=reference";
+        script
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix('"'))
+            .filter_map(|l| l.split_once('"').map(|(v, _)| v.replace("$ref", reference)))
+            .collect()
+    }
+
+    #[test]
+    fn every_variant_of_the_lever_script_parses() {
+        let variants = lever_script_variants();
+        assert!(variants.len() >= 12, "{variants:?}");
+        let a = args(&[]);
+        for v in &variants {
+            parse(&a, v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+        let reference = parse(&a, &variants[0]).unwrap();
+        assert_eq!(reference.preset, Preset::Reference);
+        assert!(variants.iter().any(|v| v == "moth"));
+    }
 }

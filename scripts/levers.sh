@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reruns the lever table of BENCHMARKS.md with one `moth bench` call: the
+# reference preset, each lever alone on top of it, and the default preset,
+# on the same base model, budget and distance protocol.
+#
+#   scripts/levers.sh                       # the table (hours on 2 CPU cores)
+#   EPOCHS=0.01 scripts/levers.sh --samples 2 --steps 5 \
+#       --session-config '{"warmup":{"budget":{"steps":3}}}'
+#                                           # a smoke run of every variant
+#
+# Environment: EPOCHS (default 1, the epochs after warm-up of every variant
+# that does not set its own), OUT (default runs/levers), OMP_NUM_THREADS as
+# usual. Other arguments go
+# to `moth bench` after the defaults below (32 samples and 200 steps per
+# direction, the quick protocol's; 4 measurement points per run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ref="moth+preset=reference"
+variants=(
+    "$ref"                                   # the authors' settings
+    "$ref+stamp_at_least=1"                  # never a step without a stamp
+    "$ref+portion=0.3"                       # stamping portion
+    "$ref+pairs_per_step=5"                  # five disjoint pairs per step
+    "$ref+pairs_per_step=5+portion=1.0"
+    "$ref+period=1"                          # period length
+    "$ref+first.steps=100+later.steps=25"    # inversion budgets halved
+    "$ref+warmup.budget.steps=100+inversion.early_stop=10"  # cheaper inversions
+    "$ref+lr=3e-4"                           # training learning rate
+    "$ref+accuracy_every=0"                  # fixed epochs, no accuracy stop
+    "$ref+epochs=2"                          # the reference's own 2 epochs
+    "moth"                                   # the default preset
+    "asymmetric"                             # default preset, one direction per step (Fig. 6)
+)
+joined=$(IFS=,; echo "${variants[*]}")
+exec cargo run --release --quiet -- bench --epochs "${EPOCHS:-1}" --samples 32 --steps 200 \
+    --points 4 --variants "$joined" --out "${OUT:-runs/levers}" "$@"
