@@ -43,11 +43,7 @@ fn print_run(ck: &RunCheckpoint) {
     let model = match &ck.model {
         ModelState::Builtin {
             arch, variables, ..
-        } => format!(
-            "built-in {}, {} variables",
-            arch.name(),
-            variables.len()
-        ),
+        } => format!("built-in {}, {} variables", arch.name(), variables.len()),
         ModelState::TorchScript { module, .. } => {
             format!("TorchScript module, {} bytes", module.len())
         }
