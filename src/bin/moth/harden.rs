@@ -88,7 +88,7 @@ fn resume<'d>(
     test_set: &Dataset,
 ) -> moth::Result<(HardenRun<'d>, HardenNotes, PathBuf)> {
     let path = dir.join("run.ckpt");
-    let bytes = moth::io::container::read_file(&path)?;
+    let bytes = moth::io::container::read_checkpoint(&path)?;
     let device = a.common.device.resolve()?;
     let (run, notes): (HardenRun, HardenNotes) =
         HardenRun::resume(&bytes, device, train_set, test_set).map_err(|e| match e {
