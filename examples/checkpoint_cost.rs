@@ -12,7 +12,7 @@ fn main() -> moth::Result<()> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "runs/harden/run.ckpt".into());
-    let bytes = container::read_file(std::path::Path::new(&path))?;
+    let bytes = container::read_checkpoint(std::path::Path::new(&path))?;
     let t = Instant::now();
     let run: RunCheckpoint = container::decode(PayloadKind::Trainer, &bytes)?;
     let decode_run = t.elapsed();

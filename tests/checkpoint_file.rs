@@ -93,7 +93,8 @@ fn with_payload(valid: &[u8], payload: &[u8]) -> Vec<u8> {
     let off = payload_offset();
     let mut out = valid[..off].to_vec();
     out[off - 12..off - 4].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    out[off - 4..off].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let crc = checksum(FORMAT_VERSION, &out[..off - 4], payload);
+    out[off - 4..off].copy_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
@@ -165,7 +166,7 @@ fn header_fields_are_checked_in_order_with_clear_messages() {
     assert_eq!(
         reason(&b),
         format!(
-            "format version {}, this moth reads version {FORMAT_VERSION}",
+            "format version {}, this moth reads versions 2 and {FORMAT_VERSION}",
             FORMAT_VERSION + 1
         )
     );
@@ -362,7 +363,7 @@ fn check_mutation(
     mutated: &[u8],
     state: &State,
     crc_fixed: bool,
-    counts: &mut [usize; 4],
+    counts: &mut [usize; 3],
 ) {
     match decode::<State>(PayloadKind::Session, mutated) {
         Err(Error::Checkpoint(_)) => counts[0] += 1,
@@ -382,21 +383,8 @@ fn check_mutation(
                     }
                 }
             } else {
-                // Only the informational moth version string is outside the
-                // CRC: such a change may pass, with the payload intact.
-                let off = 14;
-                let end = off + MOTH_VERSION.len();
-                let differs_outside = original
-                    .iter()
-                    .zip(mutated)
-                    .enumerate()
-                    .any(|(i, (a, b))| a != b && !(off..end).contains(&i));
-                assert!(
-                    !differs_outside && original.len() == mutated.len(),
-                    "a corrupted checkpoint was accepted"
-                );
-                assert_eq!(value.tensors, state.tensors);
-                counts[3] += 1;
+                // The CRC covers every byte of a format 3 file.
+                panic!("a corrupted checkpoint was accepted");
             }
         }
     }
@@ -408,8 +396,8 @@ fn mutated_checkpoints_are_rejected_without_panicking() {
     let valid = encode(PayloadKind::Session, &state).unwrap();
     let off = payload_offset();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    // rejected, identical, crc-fixed accepted, version-string accepted
-    let mut counts = [0usize; 4];
+    // rejected, identical, crc-fixed accepted
+    let mut counts = [0usize; 3];
     let mut tried = 0usize;
 
     // Every truncation.
@@ -506,9 +494,8 @@ fn mutated_checkpoints_are_rejected_without_panicking() {
 
     println!(
         "checkpoint fuzz: {tried} mutations tried, {} rejected, {} identical and decoded equal, \
-         {} re-checksummed payloads accepted as other valid states, \
-         {} accepted with only the version string changed",
-        counts[0], counts[1], counts[2], counts[3]
+         {} re-checksummed payloads accepted as other valid states",
+        counts[0], counts[1], counts[2]
     );
     assert!(tried >= 5000);
     assert_eq!(counts.iter().sum::<usize>(), tried);
@@ -529,11 +516,11 @@ fn atomic_write_replaces_content_and_leaves_no_temp_files() {
     let path = dir.path().join("a.ckpt");
     write_atomic(&path, b"first content, longer than the second").unwrap();
     assert_eq!(
-        read_file(&path).unwrap(),
+        std::fs::read(&path).unwrap(),
         b"first content, longer than the second"
     );
     write_atomic(&path, b"second").unwrap();
-    assert_eq!(read_file(&path).unwrap(), b"second");
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -596,7 +583,7 @@ fn a_write_removes_temp_files_of_dead_writers_only() {
         std::fs::write(dir.path().join(n), b"partial").unwrap();
     }
     write_atomic(&path, b"content").unwrap();
-    assert_eq!(read_file(&path).unwrap(), b"content");
+    assert_eq!(std::fs::read(&path).unwrap(), b"content");
     for n in &stale {
         assert!(!dir.path().join(n).exists(), "{n} should be gone");
     }
@@ -764,4 +751,127 @@ fn killed_writer_never_leaves_a_broken_checkpoint() {
         "{leftovers} temp files of dead writers remain"
     );
     drop(guard);
+}
+
+/// Format 3 covers the whole header with the CRC: no single-byte change
+/// anywhere in the file (magic, versions, the moth version string, kind,
+/// length, checksum, payload) is accepted.
+#[test]
+fn every_single_byte_change_is_detected() {
+    let valid = encode(PayloadKind::Session, &sample_state()).unwrap();
+    let mut tried = 0;
+    for i in 0..valid.len() {
+        for change in (0..8).map(|bit| 1u8 << bit).chain([0xff]) {
+            let mut b = valid.clone();
+            b[i] ^= change;
+            let e = decode::<State>(PayloadKind::Session, &b);
+            assert!(
+                matches!(e, Err(Error::Checkpoint(_))),
+                "byte {i} ^ {change:#04x} was not detected"
+            );
+            tried += 1;
+        }
+    }
+    println!(
+        "{tried} single-byte changes of a {}-byte file: all rejected",
+        valid.len()
+    );
+}
+
+/// Runs `f` on another thread and fails the test if it takes more than
+/// `secs` seconds (a blocked read would otherwise hang the test binary).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("loading did not return in time")
+}
+
+fn io_message(r: moth::Result<State>) -> String {
+    match r {
+        Err(Error::Io { context, source }) => format!("{context}: {source}"),
+        other => panic!("expected an I/O error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn files_that_are_not_regular_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = io_message(load(dir.path(), PayloadKind::Session));
+    assert!(m.contains("a directory, not a regular file"), "{m}");
+    let m = io_message(load(
+        &dir.path().join("no/such/dir/run.ckpt"),
+        PayloadKind::Session,
+    ));
+    assert!(m.contains("no/such/dir/run.ckpt"), "{m}");
+
+    // A FIFO without a writer: opening it must not wait for one.
+    let fifo = dir.path().join("fifo.ckpt");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let m = io_message(within(10, move || load(&fifo, PayloadKind::Session)));
+    assert!(m.contains("a FIFO, not a regular file"), "{m}");
+
+    // A device that never ends: refused before anything is read.
+    let m = io_message(within(10, || {
+        load(Path::new("/dev/zero"), PayloadKind::Session)
+    }));
+    assert!(m.contains("/dev/zero") && m.contains("a device"), "{m}");
+}
+
+#[test]
+fn a_file_whose_size_disagrees_with_its_header_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.ckpt");
+    let valid = encode(PayloadKind::Session, &sample_state()).unwrap();
+    let huge = 8u64 << 30;
+
+    // A sparse 8 GiB file of zeros: its header is checked, nothing more.
+    std::fs::File::create(&path).unwrap().set_len(huge).unwrap();
+    let t = Instant::now();
+    let m = checkpoint_message(load::<State>(&path, PayloadKind::Session).unwrap_err());
+    assert!(m.contains("not a moth checkpoint"), "{m}");
+
+    // A valid checkpoint followed by 8 GiB of holes: refused by its size.
+    std::fs::write(&path, &valid).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(huge)
+        .unwrap();
+    let m = checkpoint_message(load::<State>(&path, PayloadKind::Session).unwrap_err());
+    assert!(
+        m.contains(&format!(
+            "the file holds {huge} bytes, its header announces {}",
+            valid.len()
+        )),
+        "{m}"
+    );
+    assert!(m.contains("big.ckpt"), "{m}");
+
+    // A header announcing more than the payload limit, in a file that holds
+    // that much (sparse): refused by the limit, not read.
+    let off = payload_offset();
+    let mut b = valid[..off].to_vec();
+    let announced = MAX_PAYLOAD_LEN as u64 + 1;
+    b[off - 12..off - 4].copy_from_slice(&announced.to_le_bytes());
+    std::fs::write(&path, &b).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(off as u64 + announced)
+        .unwrap();
+    let m = checkpoint_message(load::<State>(&path, PayloadKind::Session).unwrap_err());
+    assert!(m.contains("exceeds the"), "{m}");
+    // Reading 8 GiB would take far longer than this.
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A short file is still a truncated payload.
+    std::fs::write(&path, &valid[..valid.len() - 3]).unwrap();
+    let m = checkpoint_message(load::<State>(&path, PayloadKind::Session).unwrap_err());
+    assert!(m.contains("the file holds"), "{m}");
 }

@@ -488,3 +488,359 @@ fn ctrl_c_stops_a_distance_measurement_and_a_second_one_at_once() {
         "no result written"
     );
 }
+
+/// Writes an IDX file of unsigned bytes.
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A tiny Fashion-MNIST-like data folder: `train` and `test` images of
+/// `[c, h, w]`, labels cycling through the ten classes.
+fn tiny_data(dir: &Path, shape: [u32; 3], train: u32, test: u32) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let [c, h, w] = shape;
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let dims: Vec<u32> = match c {
+            1 => vec![n, h, w],
+            _ => vec![n, c, h, w],
+        };
+        let pixels: Vec<u8> = (0..n * c * h * w).map(|i| (i * 37 % 251) as u8).collect();
+        write_idx(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            &dims,
+            &pixels,
+        );
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        write_idx(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            &[n],
+            &labels,
+        );
+    }
+    dir.to_str().unwrap().to_string()
+}
+
+/// An untrained built-in model file (moth's format), written in no time.
+fn untrained_model(
+    path: &Path,
+    arch: moth::torch::model::Arch,
+    classes: usize,
+    nan: bool,
+) -> String {
+    let model = moth::torch::model::Model::builtin(arch, classes as i64, tch::Device::Cpu).unwrap();
+    if nan {
+        tch::no_grad(|| {
+            for (_, p) in model.parameters() {
+                let _ = p.shallow_clone().fill_(f64::NAN);
+            }
+        });
+    }
+    let names: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
+    model.save(path, &names).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn fails_cleanly(out: &std::process::Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+    assert!(err.contains("moth: error"), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    err
+}
+
+#[test]
+fn model_and_data_are_checked_before_the_first_forward() {
+    use moth::torch::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let wide = untrained_model(&dir.path().join("wide.moth"), Arch::Cnn32, 10, false);
+    let five = untrained_model(&dir.path().join("five.moth"), Arch::Cnn28, 5, false);
+    let out = dir.path().join("out").to_str().unwrap().to_string();
+    for (model, expected) in [
+        (&wide, "takes 3x32x32 inputs and predicts 10 classes"),
+        (&five, "takes 1x28x28 inputs and predicts 5 classes"),
+    ] {
+        let cases: [&[&str]; 3] = [
+            &["distance", "--samples", "2", "--steps", "2"],
+            &["harden", "--no-distance", "--stop-after-step", "1"],
+            &["bench", "--samples", "2", "--steps", "2"],
+        ];
+        for args in cases {
+            let args = [args, &["--model", model, "--device", "cpu", "--out", &out]].concat();
+            let err = fails_cleanly(&moth(&args), &format!("{args:?}"));
+            assert!(err.contains(expected), "{args:?}: {err}");
+            assert!(err.contains(model.as_str()), "{args:?}: {err}");
+            assert!(
+                err.contains("has 1x28x28 images and 10 classes"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // moth train: its built-in CNN takes 1x28x28 images.
+    let colour = tiny_data(&dir.path().join("colour"), [3, 32, 32], 20, 20);
+    let model = dir.path().join("m.moth");
+    let out = moth(&[
+        "train",
+        "--data",
+        &colour,
+        "--out",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let err = fails_cleanly(&out, "train");
+    assert!(
+        err.contains("built-in CNN takes 1x28x28 images") && err.contains("3x32x32"),
+        "{err}"
+    );
+    assert!(!model.exists());
+}
+
+#[test]
+fn a_model_with_non_finite_outputs_is_refused() {
+    use moth::torch::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let nan = untrained_model(&dir.path().join("nan.moth"), Arch::Cnn28, 10, true);
+    let out_dir = dir.path().join("d");
+    let out = moth(&[
+        "distance",
+        "--model",
+        &nan,
+        "--samples",
+        "2",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let err = fails_cleanly(&out, "distance");
+    assert!(
+        err.contains("are not finite") && err.contains(&nan),
+        "{err}"
+    );
+    assert!(!out_dir.join("distances.json").exists());
+}
+
+/// A run records its data: resuming it on other data, or on data that
+/// changed, is refused; without --data it continues on its own. A new run
+/// into its folder is refused without --force.
+#[test]
+fn a_resumed_run_keeps_its_data_and_a_new_run_keeps_off_it() {
+    use moth::torch::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(&dir.path().join("tiny"), [1, 28, 28], 200, 100);
+    let model = untrained_model(&dir.path().join("m.moth"), Arch::Cnn28, 10, false);
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let new_run = |extra: &[&str]| {
+        let common = [
+            "harden",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--no-distance",
+            "--epochs",
+            "0.5",
+            "--session-config",
+            SMALL,
+            "--device",
+            "cpu",
+            "--out",
+            run_s,
+        ];
+        moth(&[&common[..], extra].concat())
+    };
+    let out = new_run(&["--stop-after-step", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = std::fs::read(run.join("run.ckpt")).unwrap();
+
+    // A new run into the folder: refused, the checkpoint untouched.
+    let err = fails_cleanly(&new_run(&[]), "new run over an old one");
+    assert!(
+        err.contains(&format!("moth harden --resume {run_s}")) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("run.ckpt")).unwrap(), ckpt);
+
+    // Other data.
+    let out = moth(&[
+        "harden",
+        "--resume",
+        run_s,
+        "--data",
+        "/usr/share/datasets/fashion-mnist",
+    ]);
+    let err = fails_cleanly(&out, "resume on other data");
+    let tiny = std::fs::canonicalize(&data).unwrap();
+    assert!(
+        err.contains(&format!("made on the data in {}", tiny.display())),
+        "{err}"
+    );
+    // Changed data.
+    let labels = tiny.join("t10k-labels-idx1-ubyte");
+    let original = std::fs::read(&labels).unwrap();
+    let mut changed = original.clone();
+    *changed.last_mut().unwrap() = 0;
+    std::fs::write(&labels, &changed).unwrap();
+    let err = fails_cleanly(&moth(&["harden", "--resume", run_s]), "changed data");
+    assert!(err.contains("changed since this run started"), "{err}");
+    assert_eq!(std::fs::read(run.join("run.ckpt")).unwrap(), ckpt);
+    // Its own data, found from the checkpoint.
+    std::fs::write(&labels, &original).unwrap();
+    let out = moth(&["harden", "--resume", run_s, "--stop-after-step", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains(&format!("on the data in {}", tiny.display())),
+        "{text}"
+    );
+    assert!(text.contains("stopped at step 3"), "{text}");
+}
+
+#[test]
+fn a_new_run_with_force_starts_over() {
+    use moth::torch::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(&dir.path().join("tiny"), [1, 28, 28], 200, 100);
+    let model = untrained_model(&dir.path().join("m.moth"), Arch::Cnn28, 10, false);
+    let run = dir.path().join("run");
+    let args = [
+        "harden",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--no-distance",
+        "--epochs",
+        "0.5",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+        "--out",
+        run.to_str().unwrap(),
+        "--stop-after-step",
+        "1",
+    ];
+    assert_eq!(moth(&args).status.code(), Some(130));
+    let out = moth(&[&args[..], &["--force"]].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = ok(&["inspect", run.join("run.ckpt").to_str().unwrap()]);
+    assert!(inspect.contains("step 1 of"), "{inspect}");
+}
+
+#[test]
+fn training_the_default_model_is_announced_with_its_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(&dir.path().join("tiny"), [1, 28, 28], 100, 50);
+    let out = moth_in(
+        dir.path(),
+        &[
+            "distance",
+            "--data",
+            &data,
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let expected = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("runs/base/model.moth");
+    let line = err
+        .lines()
+        .find(|l| l.contains("training the default model"))
+        .unwrap_or_else(|| panic!("not announced on stderr: {err}"));
+    assert!(
+        line.contains(expected.to_str().unwrap())
+            || line.contains(dir.path().join("runs/base/model.moth").to_str().unwrap()),
+        "{line}"
+    );
+    assert!(expected.exists());
+}
+
+#[test]
+fn limit_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = moth_in(dir.path(), &["train", "--limit", "0", "--device", "cpu"]);
+    let err = fails_cleanly(&out, "train --limit 0");
+    assert!(err.contains("--limit must be at least 1"), "{err}");
+    assert!(!dir.path().join("runs").exists());
+}
+
+#[test]
+fn ctrl_c_during_the_distances_after_keeps_the_model_and_says_how_to_finish() {
+    use moth::torch::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(&dir.path().join("tiny"), [1, 28, 28], 200, 100);
+    let model = untrained_model(&dir.path().join("m.moth"), Arch::Cnn28, 10, false);
+    let run = dir.path().join("run");
+    let mut child = Command::new(MOTH)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .args([
+            "harden",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--samples",
+            "2",
+            "--steps",
+            "60",
+            "--epochs",
+            "0.5",
+            "--session-config",
+            SMALL,
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("distances after hardening") {
+            break;
+        }
+    }
+    interrupt(&child);
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    let text = rest.join("\n");
+    assert!(
+        text.contains("interrupted while measuring class distances")
+            && text.contains("the hardened model is in")
+            && text.contains(&format!("moth harden --resume {}", run.display())),
+        "{text}"
+    );
+    assert!(run.join("hardened.moth").exists());
+    assert!(!run.join("report.json").exists());
+    let out = ok(&["harden", "--resume", run.to_str().unwrap()]);
+    assert!(out.contains("MOTH report"), "{out}");
+}

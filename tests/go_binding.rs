@@ -64,6 +64,7 @@ fn go_command(dir: &Path, args: &[&str]) -> Command {
         .env("GOCACHE", scratch.join("gocache"))
         .env("GOPATH", scratch.join("gopath"))
         .env("GOTMPDIR", scratch.join("gotmp"))
+        .env("PKG_CONFIG_PATH", pkg_config_dir())
         .env("CGO_ENABLED", "1")
         .env("CGO_CFLAGS", "-O2 -g")
         .env(
@@ -75,6 +76,23 @@ fn go_command(dir: &Path, args: &[&str]) -> Command {
             ),
         );
     cmd
+}
+
+/// A folder holding the moth.pc that scripts/gen-pc.sh writes for the
+/// freshly built library: cgo finds moth.h and libmoth.so through it
+/// (`#cgo pkg-config: moth`), as it would for a user of the package.
+fn pkg_config_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = work_dir().join("pkgconfig");
+        let (ok, out, err) = run(Command::new(root().join("scripts/gen-pc.sh"))
+            .arg(&dir)
+            .arg(lib_dir())
+            .env("LIBTORCH", libtorch_root()));
+        assert!(ok, "scripts/gen-pc.sh failed:\n{out}{err}");
+        dir
+    })
+    .clone()
 }
 
 /// Whether `cmd` succeeded, and its stdout and stderr together.
@@ -115,6 +133,8 @@ const GO_TESTS: &[&str] = &[
     "TestGoroutinesGetTheirOwnErrors",
     "TestClosedHandlesFailCleanly",
     "TestCUDAStream",
+    "TestNULBytesAreRefused",
+    "TestNilReceiversAreSafe",
 ];
 
 /// Names of the tests `go test -v` reports with `--- <verdict>: Name (..)`.
@@ -216,4 +236,23 @@ fn go_example_hardens_fashion_mnist() {
     ] {
         assert!(log.contains(needle), "output lacks '{needle}':\n{log}");
     }
+}
+
+/// The package copied out of the repository (as `go mod vendor` or a copy
+/// by hand would) still builds: it reaches moth.h and libmoth.so through
+/// pkg-config, not through a path relative to this repository.
+#[test]
+fn a_copy_of_the_go_package_builds_elsewhere() {
+    let copy = work_dir().join("copied").join("moth");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(root().join("bindings/go")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with(".go") || name == "go.mod" {
+            std::fs::copy(&path, copy.join(&name)).unwrap();
+        }
+    }
+    let (ok, log) = output(&mut go_command(&copy, &["vet", "./..."]));
+    assert!(ok, "the copied package does not build:\n{log}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use moth::io::container::parse_header;
+use moth::io::container::{checksum, parse_header, FORMAT_VERSION};
 use moth::session::{Method, Session, SessionConfig, SessionSpec};
 use moth::Error;
 
@@ -148,7 +148,7 @@ fn damaged_session_checkpoints_are_refused_without_panicking() {
             b[at] ^= 1 << (xorshift(&mut rng) % 8);
         }
         if i % 2 == 0 {
-            let crc = crc32fast::hash(&b[off..]);
+            let crc = checksum(header.format_version, &b[..off - 4], &b[off..]);
             b[off - 4..off].copy_from_slice(&crc.to_le_bytes());
         }
         tried += 1;
@@ -165,7 +165,10 @@ fn damaged_session_checkpoints_are_refused_without_panicking() {
     assert!(rejected > tried / 2);
 }
 
+/// Written by moth before the CRC covered the header (format 2): still read.
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v2.ckpt");
+/// Written by this moth (format 3).
+const GOLDEN_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v3.ckpt");
 /// Written by moth before multi-pair periods (format 1): refused by name.
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v1.ckpt");
 
@@ -176,16 +179,15 @@ fn a_checkpoint_of_the_previous_format_is_refused_with_its_version() {
     assert!(matches!(e, Error::Checkpoint(_)), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.contains("format version 1") && msg.contains("version 2"),
+        msg.contains("format version 1") && msg.contains("versions 2 and 3"),
         "{msg}"
     );
 }
 
-/// The committed golden file must keep loading: a change of the format
+/// A committed golden file must keep loading: a change of the format
 /// needs a new FORMAT_VERSION and a new golden file.
-#[test]
-fn golden_checkpoint_still_loads() {
-    let bytes = std::fs::read(GOLDEN).expect("tests/golden/session-v2.ckpt is committed");
+fn check_golden(path: &str) {
+    let bytes = std::fs::read(path).expect("the golden file is committed");
     let s = Session::from_bytes(&bytes, Some(spec())).unwrap();
     assert_eq!(s.step(), 5);
     assert_eq!(s.config().seed, 21);
@@ -200,12 +202,47 @@ fn golden_checkpoint_still_loads() {
     assert_eq!(s.step(), 7);
 }
 
-/// Writes the golden file (run by hand with --ignored when the format
-/// version changes).
+#[test]
+fn golden_checkpoint_still_loads() {
+    check_golden(GOLDEN);
+}
+
+#[test]
+fn golden_v3_checkpoint_loads() {
+    let bytes = std::fs::read(GOLDEN_V3).unwrap();
+    assert_eq!(parse_header(&bytes).unwrap().format_version, FORMAT_VERSION);
+    check_golden(GOLDEN_V3);
+}
+
+/// Every single-byte change of a format 3 file, anywhere (the moth version
+/// string in the header included), is refused as a damaged checkpoint.
+#[test]
+fn any_single_byte_change_of_a_v3_file_is_detected() {
+    let good = std::fs::read(GOLDEN_V3).unwrap();
+    for i in 0..good.len() {
+        for change in [0x01u8, 0x80, 0xff] {
+            let mut b = good.clone();
+            b[i] ^= change;
+            let e = Session::from_bytes(&b, Some(spec()));
+            assert!(
+                matches!(e, Err(Error::Checkpoint(_))),
+                "byte {i} ^ {change:#04x} of {} was not detected",
+                good.len()
+            );
+        }
+    }
+    println!(
+        "{} single-byte changes of the v3 golden file: all refused",
+        good.len() * 3
+    );
+}
+
+/// Writes the golden file of the current format (run by hand with --ignored
+/// when the format version changes).
 #[test]
 #[ignore]
 fn regenerate_golden_checkpoint() {
     let mut s = Session::new(config(), spec()).unwrap();
     drive(&mut s, 0, 5);
-    s.save(std::path::Path::new(GOLDEN)).unwrap();
+    s.save(std::path::Path::new(GOLDEN_V3)).unwrap();
 }

@@ -1,9 +1,10 @@
 // moth.hpp: header-only C++17 RAII wrapper over the moth C API (moth.h).
 //
 // Owning, move-only classes (Config, Tensor, Classifier, Session); every
-// failing call throws moth::Error carrying the status and moth's message.
-// Flow signals are not errors: Session::harden returns std::nullopt when the
-// session is done or waits for an accuracy report.
+// failing call throws moth::Error carrying the status and moth's message,
+// as does any call on an object that was moved from. Flow signals are not
+// errors: Session::harden returns a moth::Hardened that holds the stamped
+// batch, or says that the session is done or waits for an accuracy report.
 //
 // When libtorch's headers are reachable (<ATen/core/Tensor.h>), the wrapper
 // also converts moth tensors to and from at::Tensor without copying and
@@ -19,6 +20,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -69,6 +71,15 @@ inline std::string session_error(const moth_session *s) {
     return read_string(
         [s](char *b, size_t l, size_t *n) { return moth_session_last_error(s, b, l, n); });
 }
+
+/// The handle of a wrapper object, or a clear error when the object was
+/// moved from (the C call would only report a null pointer, with no text).
+template <typename T> T *live(T *raw, const char *what) {
+    if (raw == nullptr)
+        throw std::invalid_argument(std::string("moth: this moth::") + what +
+                                    " was moved from and holds no " + what);
+    return raw;
+}
 } // namespace detail
 
 /// Throws moth::Error unless `st` is MOTH_STATUS_OK (message from this thread).
@@ -112,25 +123,35 @@ class Config {
     ~Config() { moth_config_free(raw_); }
 
     Config &set_json(const std::string &json) {
-        check(moth_config_set_json(raw_, json.c_str()));
+        check(moth_config_set_json(live(), json.c_str()));
         return *this;
     }
-    Config &set(const std::string &key, int64_t v) {
-        check(moth_config_set_int(raw_, key.c_str(), v));
+    /// Any integer type: signed ones through moth_config_set_int, unsigned
+    /// ones (uint64_t, size_t, 10u) through moth_config_set_uint, so that
+    /// no value is narrowed and no call is ambiguous.
+    template <typename T,
+              std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+    Config &set(const std::string &key, T v) {
+        if constexpr (std::is_signed_v<T>)
+            check(moth_config_set_int(live(), key.c_str(), static_cast<int64_t>(v)));
+        else
+            check(moth_config_set_uint(live(), key.c_str(), static_cast<uint64_t>(v)));
         return *this;
     }
-    Config &set(const std::string &key, int v) { return set(key, static_cast<int64_t>(v)); }
     Config &set(const std::string &key, double v) {
-        check(moth_config_set_double(raw_, key.c_str(), v));
+        check(moth_config_set_double(live(), key.c_str(), v));
         return *this;
     }
     Config &set(const std::string &key, const std::string &v) {
-        check(moth_config_set_string(raw_, key.c_str(), v.c_str()));
+        check(moth_config_set_string(live(), key.c_str(), v.c_str()));
         return *this;
     }
+    Config &set(const std::string &key, const char *v) { return set(key, std::string(v)); }
+    /// No setting is a bool: refused at compile time rather than sent as 1.0.
+    Config &set(const std::string &key, bool v) = delete;
     /// Every setting, defaults included, as JSON.
     std::string to_json() const {
-        const moth_config *c = raw_;
+        const moth_config *c = live();
         auto s = detail::read_string(
             [c](char *b, size_t l, size_t *n) { return moth_config_to_json(c, b, l, n); });
         return s;
@@ -138,6 +159,8 @@ class Config {
     const moth_config *get() const noexcept { return raw_; }
 
   private:
+    moth_config *live() const { return detail::live(raw_, "Config"); }
+
     moth_config *raw_ = nullptr;
 };
 
@@ -166,16 +189,30 @@ class Tensor {
 
     std::vector<int64_t> shape() const {
         size_t nd = 0;
-        moth_status st = moth_tensor_shape(raw_, nullptr, 0, &nd);
+        moth_status st = moth_tensor_shape(live(), nullptr, 0, &nd);
         if (st != MOTH_STATUS_OK && st != MOTH_STATUS_BUFFER_TOO_SMALL) check(st);
         std::vector<int64_t> s(nd);
         check(moth_tensor_shape(raw_, s.data(), s.size(), &nd));
         return s;
     }
 
+    /// The element type (a MOTH_DTYPE_* value).
+    moth_dtype dtype() const {
+        moth_dtype d = MOTH_DTYPE_FLOAT32;
+        check(moth_tensor_dtype(live(), &d));
+        return d;
+    }
+
+    /// The device the elements live on.
+    moth_device device() const {
+        moth_device d = cpu();
+        check(moth_tensor_device(live(), &d));
+        return d;
+    }
+
     /// Copies the elements into host memory of `bytes` bytes.
     void copy_to(void *out, size_t bytes) const {
-        check(moth_tensor_copy_to_buffer(raw_, out, bytes));
+        check(moth_tensor_copy_to_buffer(live(), out, bytes));
     }
 
 #ifdef MOTH_HPP_HAS_TORCH
@@ -186,7 +223,7 @@ class Tensor {
     /// The at::Tensor inside (a new reference, no copy).
     at::Tensor to_at() const {
         void *p = nullptr;
-        check(moth_tensor_to_at_tensor(raw_, &p));
+        check(moth_tensor_to_at_tensor(live(), &p));
         return *static_cast<at::Tensor *>(p);
     }
 #endif
@@ -195,6 +232,8 @@ class Tensor {
     explicit operator bool() const noexcept { return raw_ != nullptr; }
 
   private:
+    moth_tensor *live() const { return detail::live(raw_, "Tensor"); }
+
     moth_tensor *raw_ = nullptr;
 };
 
@@ -245,14 +284,25 @@ class Classifier {
     /// Logits for `x` without gradients.
     Tensor forward(const Tensor &x) {
         moth_tensor *out = nullptr;
-        check(moth_classifier_forward(raw_, x.get(), &out));
+        check(moth_classifier_forward(live(), x.get(), &out));
         return Tensor(out);
     }
+
+    /// Switches between training and evaluation mode (the set_train
+    /// function, or a TorchScript module's mode).
+    void set_train(bool train) { check(moth_classifier_set_train(live(), train)); }
+
+    /// Saves a TorchScript classifier to `path` (loadable with
+    /// torch.jit.load); a classifier made from a forward function throws
+    /// with MOTH_STATUS_UNSUPPORTED (its model is the caller's to save).
+    void save(const std::string &path) { check(moth_classifier_save(live(), path.c_str())); }
 
     moth_classifier *get() const noexcept { return raw_; }
 
   private:
     explicit Classifier(moth_classifier *raw) noexcept : raw_(raw) {}
+
+    moth_classifier *live() const { return detail::live(raw_, "Classifier"); }
 
 #ifdef MOTH_HPP_HAS_TORCH
     struct Callbacks {
@@ -268,7 +318,15 @@ class Classifier {
             if (st != MOTH_STATUS_OK) return st;
             at::Tensor logits = static_cast<Callbacks *>(user)->forward(
                 *static_cast<const at::Tensor *>(p));
-            return moth_tensor_from_at_tensor(&logits, logits_out);
+            // Said here: moth would only see a bad argument and a status.
+            if (!logits.defined())
+                throw std::invalid_argument(
+                    "the forward function returned an undefined at::Tensor (no logits)");
+            moth_status out = moth_tensor_from_at_tensor(&logits, logits_out);
+            if (out != MOTH_STATUS_OK)
+                throw std::invalid_argument("the logits the forward function returned were "
+                                            "refused: " + detail::thread_error());
+            return MOTH_STATUS_OK;
         } catch (const std::exception &e) {
             ignore_status(moth_callback_set_error(e.what()));
         } catch (...) {
@@ -293,6 +351,40 @@ class Classifier {
 #endif
 
     moth_classifier *raw_ = nullptr;
+};
+
+/// What Session::harden gives back: the stamped batch to train on, or the
+/// reason there is none (the session is done, or an accuracy report is due).
+/// Tests true when it holds a batch; `*h` and `h->` reach the batch.
+class Hardened {
+  public:
+    enum class Status { Batch, Done, AccuracyWanted };
+
+    explicit Hardened(Tensor batch) noexcept : status_(Status::Batch), batch_(std::move(batch)) {}
+    explicit Hardened(Status why) noexcept : status_(why) {}
+
+    Status status() const noexcept { return status_; }
+    bool has_batch() const noexcept { return status_ == Status::Batch; }
+    /// The session finished: stop training.
+    bool done() const noexcept { return status_ == Status::Done; }
+    /// Report clean accuracy (Session::report_accuracy), then call harden again.
+    bool accuracy_wanted() const noexcept { return status_ == Status::AccuracyWanted; }
+    explicit operator bool() const noexcept { return has_batch(); }
+
+    /// The stamped batch; throws when there is none.
+    Tensor &batch() {
+        if (!has_batch())
+            throw std::logic_error(done() ? "moth: the session is done: no batch to train on"
+                                          : "moth: an accuracy report is due: no batch to "
+                                            "train on");
+        return batch_;
+    }
+    Tensor &operator*() { return batch(); }
+    Tensor *operator->() { return &batch(); }
+
+  private:
+    Status status_;
+    Tensor batch_;
 };
 
 /// A hardening session.
@@ -327,64 +419,78 @@ class Session {
         return Session(raw);
     }
 
-    /// One hardening step; the stamped batch to train on, or std::nullopt
-    /// when the session is done or waits for an accuracy report.
-    std::optional<Tensor> harden(Classifier &model, const Tensor &x, const Tensor &y) {
+    /// One hardening step: the stamped batch to train on, or no batch
+    /// because the session is done or waits for an accuracy report (the
+    /// result says which).
+    Hardened harden(Classifier &model, const Tensor &x, const Tensor &y) {
         moth_tensor *out = nullptr;
-        moth_status st = moth_session_harden_batch(raw_, model.get(), x.get(), y.get(), &out);
-        if (st == MOTH_STATUS_DONE || st == MOTH_STATUS_ACCURACY_WANTED) return std::nullopt;
+        moth_status st = moth_session_harden_batch(live(), model.get(), x.get(), y.get(), &out);
+        if (st == MOTH_STATUS_DONE) return Hardened(Hardened::Status::Done);
+        if (st == MOTH_STATUS_ACCURACY_WANTED) return Hardened(Hardened::Status::AccuracyWanted);
         check(st, raw_);
-        return Tensor(out);
+        return Hardened(Tensor(out));
     }
 
     moth_step_report last_report() const {
         moth_step_report r;
-        check(moth_session_last_report(raw_, &r), raw_);
+        check(moth_session_last_report(live(), &r), raw_);
         return r;
     }
     bool wants_accuracy() const {
         bool b = false;
-        check(moth_session_wants_accuracy(raw_, &b), raw_);
+        check(moth_session_wants_accuracy(live(), &b), raw_);
         return b;
     }
     /// Reports clean accuracy; returns the verdict and the drop from the baseline.
     std::pair<moth_verdict, double> report_accuracy(double accuracy) {
         moth_verdict v = MOTH_VERDICT_NONE;
         double drop = 0;
-        check(moth_session_report_accuracy(raw_, accuracy, &v, &drop), raw_);
+        check(moth_session_report_accuracy(live(), accuracy, &v, &drop), raw_);
         return {v, drop};
     }
     moth_phase phase() const {
         moth_phase p;
-        check(moth_session_phase(raw_, &p), raw_);
+        check(moth_session_phase(live(), &p), raw_);
         return p;
     }
     uint64_t step() const {
         uint64_t s = 0;
-        check(moth_session_step(raw_, &s), raw_);
+        check(moth_session_step(live(), &s), raw_);
         return s;
     }
     bool is_done() const {
         bool b = false;
-        check(moth_session_is_done(raw_, &b), raw_);
+        check(moth_session_is_done(live(), &b), raw_);
         return b;
+    }
+    /// The accuracy bookkeeping: baseline, last report, whether one is due.
+    moth_accuracy accuracy() const {
+        moth_accuracy a{};
+        check(moth_session_accuracy(live(), &a), raw_);
+        return a;
+    }
+    /// The session's configuration as JSON (the Config::to_json form).
+    std::string config_json() const {
+        const moth_session *s = live();
+        return detail::read_string(
+            [s](char *b, size_t l, size_t *n) { return moth_session_config_json(s, b, l, n); });
     }
     moth_spec spec() const {
         moth_spec s;
-        check(moth_session_spec(raw_, &s), raw_);
+        check(moth_session_spec(live(), &s), raw_);
         return s;
     }
     /// One N x N scheduler matrix, row-major.
     std::vector<double> matrix(moth_matrix_kind which) const {
         size_t n = spec().num_classes;
         std::vector<double> m(n * n);
-        check(moth_session_matrix(raw_, which, m.data(), m.size()), raw_);
+        check(moth_session_matrix(live(), which, m.data(), m.size()), raw_);
         return m;
     }
-    void save(const std::string &path) const { check(moth_session_save(raw_, path.c_str()), raw_); }
+    void save(const std::string &path) const { check(moth_session_save(live(), path.c_str()), raw_); }
     std::vector<uint8_t> to_bytes() const {
         moth_buffer *b = nullptr;
-        check(moth_session_to_buffer(raw_, &b), raw_);
+        check(moth_session_to_buffer(live(), &b), raw_);
         std::unique_ptr<moth_buffer, void (*)(moth_buffer *)> owned(b, moth_buffer_free);
         const uint8_t *data = nullptr;
         size_t len = 0;
@@ -400,14 +506,14 @@ class Session {
     /// Throws with MOTH_STATUS_UNSUPPORTED in a process without CUDA. Not
     /// saved in checkpoints: set it again after loading a session.
     void set_cuda_stream(int32_t device, void *stream) {
-        check(moth_session_set_cuda_stream(raw_, device, stream), raw_);
+        check(moth_session_set_cuda_stream(live(), device, stream), raw_);
     }
     /// The stream set with set_cuda_stream: {device, cudaStream_t}, or
     /// {-1, nullptr} when none is set.
     std::pair<int32_t, void *> cuda_stream() const {
         int32_t device = -1;
         void *stream = nullptr;
-        check(moth_session_cuda_stream(raw_, &device, &stream), raw_);
+        check(moth_session_cuda_stream(live(), &device, &stream), raw_);
         return {device, stream};
     }
 
@@ -415,12 +521,12 @@ class Session {
     /// Routes the session's log messages to `fn` (empty: none).
     void set_log(LogFn fn) {
         if (!fn) {
-            check(moth_session_set_log_callback(raw_, nullptr, nullptr, nullptr), raw_);
+            check(moth_session_set_log_callback(live(), nullptr, nullptr, nullptr), raw_);
             log_.reset();
             return;
         }
         auto holder = std::make_unique<LogFn>(std::move(fn));
-        check(moth_session_set_log_callback(raw_, &Session::log_trampoline, holder.get(), nullptr),
+        check(moth_session_set_log_callback(live(), &Session::log_trampoline, holder.get(), nullptr),
               raw_);
         log_ = std::move(holder); // the previous function is released after the swap
     }
@@ -429,6 +535,8 @@ class Session {
 
   private:
     explicit Session(moth_session *raw) noexcept : raw_(raw) {}
+
+    moth_session *live() const { return detail::live(raw_, "Session"); }
 
     static void log_trampoline(moth_log_level level, const char *msg, void *user) noexcept {
         try {

@@ -31,10 +31,13 @@ func LoadTorchScript(path string, c, h, w int64, dev Device) (*Classifier, error
 	if err := CheckABI(); err != nil {
 		return nil, err
 	}
-	p := C.CString(path)
+	p, err := cString("path", path)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(p))
 	var out *C.moth_classifier
-	err := call(func() C.moth_status {
+	err = call(func() C.moth_status {
 		return C.moth_classifier_from_torchscript(p, C.int64_t(c), C.int64_t(h), C.int64_t(w), dev.c(), &out)
 	})
 	if err != nil {
@@ -48,6 +51,9 @@ func LoadTorchScript(path string, c, h, w int64, dev Device) (*Classifier, error
 // Close frees the classifier after any call in progress. Closing twice is
 // harmless.
 func (clf *Classifier) Close() error {
+	if clf == nil {
+		return nil
+	}
 	clf.mu.Lock()
 	defer clf.mu.Unlock()
 	if clf.h != nil {
@@ -141,7 +147,10 @@ func (clf *Classifier) Forward(pixels []float32, shape [4]int64) (logits []float
 // Save writes the TorchScript module (with whatever training happened
 // through moth) to path, loadable with torch.jit.load.
 func (clf *Classifier) Save(path string) error {
-	p := C.CString(path)
+	p, err := cString("path", path)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(p))
 	return clf.with(func(h *C.moth_classifier) error {
 		return call(func() C.moth_status { return C.moth_classifier_save(h, p) })

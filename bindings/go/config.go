@@ -35,7 +35,7 @@ func NewConfig() (*Config, error) {
 // Close frees the configuration; later calls fail with StatusNullPointer.
 // Closing twice is harmless.
 func (c *Config) Close() error {
-	if c.h != nil {
+	if c != nil && c.h != nil {
 		C.moth_config_free(c.h)
 		c.h = nil
 		runtime.SetFinalizer(c, nil)
@@ -46,7 +46,7 @@ func (c *Config) Close() error {
 // with runs f on the live handle, keeping c reachable until f returned so
 // that the finalizer cannot free the handle during the call.
 func (c *Config) with(f func(h *C.moth_config) C.moth_status) error {
-	if c.h == nil {
+	if c == nil || c.h == nil {
 		return closedError("Config")
 	}
 	err := call(func() C.moth_status { return f(c.h) })
@@ -59,7 +59,10 @@ func (c *Config) with(f func(h *C.moth_config) C.moth_status) error {
 // out-of-range values give StatusInvalidConfig and change nothing.
 // Example: {"seed": 3, "warmup": {"budget": {"steps": 50}}}.
 func (c *Config) SetJSON(json string) error {
-	s := C.CString(json)
+	s, err := cString("JSON", json)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(s))
 	return c.with(func(h *C.moth_config) C.moth_status { return C.moth_config_set_json(h, s) })
 }
@@ -67,7 +70,10 @@ func (c *Config) SetJSON(json string) error {
 // SetInt sets an integer setting by its dotted key ("max_steps",
 // "warmup.budget.steps").
 func (c *Config) SetInt(key string, value int64) error {
-	k := C.CString(key)
+	k, err := cString("key", key)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(k))
 	return c.with(func(h *C.moth_config) C.moth_status {
 		return C.moth_config_set_int(h, k, C.int64_t(value))
@@ -76,7 +82,10 @@ func (c *Config) SetInt(key string, value int64) error {
 
 // SetUint sets an unsigned integer setting (the full range of "seed").
 func (c *Config) SetUint(key string, value uint64) error {
-	k := C.CString(key)
+	k, err := cString("key", key)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(k))
 	return c.with(func(h *C.moth_config) C.moth_status {
 		return C.moth_config_set_uint(h, k, C.uint64_t(value))
@@ -85,7 +94,10 @@ func (c *Config) SetUint(key string, value uint64) error {
 
 // SetFloat sets a floating-point setting ("portion", "inversion.lr").
 func (c *Config) SetFloat(key string, value float64) error {
-	k := C.CString(key)
+	k, err := cString("key", key)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(k))
 	return c.with(func(h *C.moth_config) C.moth_status {
 		return C.moth_config_set_double(h, k, C.double(value))
@@ -95,9 +107,15 @@ func (c *Config) SetFloat(key string, value float64) error {
 // SetString sets a string setting ("method": "Moth", "Universal",
 // "Pairwise", "Asymmetric"; "bounds.mode": "Fixed", "Growing").
 func (c *Config) SetString(key, value string) error {
-	k := C.CString(key)
+	k, err := cString("key", key)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(k))
-	v := C.CString(value)
+	v, err := cString("value", value)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(v))
 	return c.with(func(h *C.moth_config) C.moth_status {
 		return C.moth_config_set_string(h, k, v)
@@ -107,7 +125,7 @@ func (c *Config) SetString(key, value string) error {
 // JSON returns the complete configuration, defaults included, as a JSON
 // object.
 func (c *Config) JSON() (string, error) {
-	if c.h == nil {
+	if c == nil || c.h == nil {
 		return "", closedError("Config")
 	}
 	s, err := callString(func(buf *C.char, n C.size_t, needed *C.size_t) C.moth_status {

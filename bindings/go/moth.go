@@ -10,12 +10,13 @@
 //
 // # Building
 //
-// The package compiles against include/moth.h of this repository and links
-// with -lmoth. Tell cgo where libmoth.so is (cargo build --release writes it
-// to target/release) through CGO_LDFLAGS, with an rpath so that the program
-// finds it at run time:
+// cgo finds moth.h and libmoth.so through pkg-config (`#cgo pkg-config:
+// moth`), so the package builds wherever it is copied or vendored. In the
+// moth repository, after cargo build --release, scripts/gen-pc.sh writes
+// target/release/moth.pc (moth.h's folder, libmoth.so's folder and an rpath
+// to it); point pkg-config at it:
 //
-//	export CGO_LDFLAGS="-L$MOTH/target/release -Wl,-rpath,$MOTH/target/release"
+//	export PKG_CONFIG_PATH=$MOTH/target/release
 //
 // libmoth.so carries an rpath to the libtorch it was built with, so nothing
 // else is needed. See README.md in this folder.
@@ -48,8 +49,7 @@
 package moth
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -lmoth
+#cgo pkg-config: moth
 #include <stdlib.h>
 #include "moth.h"
 */
@@ -58,6 +58,7 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -158,6 +159,19 @@ func readString(f func(buf *C.char, n C.size_t, needed *C.size_t) C.moth_status)
 		}
 		return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), st
 	}
+}
+
+// cString copies s into C memory (the caller frees it), refusing a string
+// with a NUL byte: C would see it cut short there, so a path "a\x00b" would
+// silently name the file "a".
+func cString(what, s string) (*C.char, error) {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return nil, &Error{
+			Status:  StatusInvalidArgument,
+			Message: fmt.Sprintf("moth: the %s holds a NUL byte at offset %d: %q", what, i, s),
+		}
+	}
+	return C.CString(s), nil
 }
 
 // closedError is what a method of a closed object returns: the status moth

@@ -1006,3 +1006,112 @@ func cudaVisible(t *testing.T) bool {
 	}
 	return false
 }
+
+// A string with a NUL byte would reach C cut short at it ("a\x00b" would
+// name the file "a"): every path, key and value with one is refused with
+// StatusInvalidArgument, and nothing is written.
+func TestNULBytesAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	cut := filepath.Join(dir, "s.ckpt")
+	bad := cut + "\x00.extra"
+	s := newSession(t, quickConfig(t, ""))
+	e := wantStatus(t, "Save", s.Save(bad), moth.StatusInvalidArgument)
+	if !strings.Contains(e.Message, "NUL byte") {
+		t.Fatalf("message: %q", e.Message)
+	}
+	if _, err := os.Stat(cut); !os.IsNotExist(err) {
+		t.Fatalf("a file was written at the truncated path: %v", err)
+	}
+	_, err := moth.LoadSession(bad, spec)
+	wantStatus(t, "LoadSession", err, moth.StatusInvalidArgument)
+	_, err = moth.LoadTorchScript(os.Getenv("MOTH_TEST_MODEL")+"\x00", 1, side, side, moth.CPU)
+	wantStatus(t, "LoadTorchScript", err, moth.StatusInvalidArgument)
+	clf := model(t)
+	wantStatus(t, "Classifier.Save", clf.Save(filepath.Join(dir, "m.pt")+"\x00x"), moth.StatusInvalidArgument)
+
+	cfg := quickConfig(t, "")
+	before, _ := cfg.JSON()
+	wantStatus(t, "SetJSON", cfg.SetJSON("{\"seed\": 9}\x00garbage"), moth.StatusInvalidArgument)
+	wantStatus(t, "SetInt", cfg.SetInt("max_steps\x00x", 3), moth.StatusInvalidArgument)
+	wantStatus(t, "SetUint", cfg.SetUint("seed\x00", 3), moth.StatusInvalidArgument)
+	wantStatus(t, "SetFloat", cfg.SetFloat("portion\x00", 0.3), moth.StatusInvalidArgument)
+	wantStatus(t, "SetString key", cfg.SetString("method\x00", "Moth"), moth.StatusInvalidArgument)
+	wantStatus(t, "SetString value", cfg.SetString("method", "Universal\x00"), moth.StatusInvalidArgument)
+	if after, _ := cfg.JSON(); after != before {
+		t.Fatal("a refused setting changed the configuration")
+	}
+}
+
+// Every method is safe on a nil receiver: Close does nothing, the others
+// return StatusNullPointer (as for a closed object) instead of panicking.
+func TestNilReceiversAreSafe(t *testing.T) {
+	var s *moth.Session
+	var c *moth.Config
+	var clf *moth.Classifier
+	var x *moth.Tensor
+	px, shape, labels := batch(1, 4)
+	calls := map[string]func() error{
+		"Session.HardenTensors": func() error { _, err := s.HardenTensors(clf, x, x); return err },
+		"Session.HardenBatch":   func() error { _, _, err := s.HardenBatch(clf, px, shape, labels); return err },
+		"Session.LastReport":    func() error { _, err := s.LastReport(); return err },
+		"Session.WantsAccuracy": func() error { _, err := s.WantsAccuracy(); return err },
+		"Session.ReportAccuracy": func() error {
+			_, _, err := s.ReportAccuracy(0.5)
+			return err
+		},
+		"Session.Phase":         func() error { _, err := s.Phase(); return err },
+		"Session.Step":          func() error { _, err := s.Step(); return err },
+		"Session.IsDone":        func() error { _, err := s.IsDone(); return err },
+		"Session.Accuracy":      func() error { _, err := s.Accuracy(); return err },
+		"Session.Spec":          func() error { _, err := s.Spec(); return err },
+		"Session.ConfigJSON":    func() error { _, err := s.ConfigJSON(); return err },
+		"Session.Matrix":        func() error { _, err := s.Matrix(moth.MatrixUniv); return err },
+		"Session.LastError":     func() error { _, err := s.LastError(); return err },
+		"Session.Save":          func() error { return s.Save(filepath.Join(t.TempDir(), "s")) },
+		"Session.ToBytes":       func() error { _, err := s.ToBytes(); return err },
+		"Session.SetCUDAStream": func() error { return s.SetCUDAStream(0, nil) },
+		"Session.CUDAStream":    func() error { _, _, err := s.CUDAStream(); return err },
+		"Config.SetJSON":        func() error { return c.SetJSON("{}") },
+		"Config.SetInt":         func() error { return c.SetInt("max_steps", 3) },
+		"Config.SetUint":        func() error { return c.SetUint("seed", 3) },
+		"Config.SetFloat":       func() error { return c.SetFloat("portion", 0.3) },
+		"Config.SetString":      func() error { return c.SetString("method", "Moth") },
+		"Config.JSON":           func() error { _, err := c.JSON(); return err },
+		"Classifier.SetTrain":   func() error { return clf.SetTrain(true) },
+		"Classifier.ForwardTensor": func() error {
+			_, err := clf.ForwardTensor(x)
+			return err
+		},
+		"Classifier.Forward": func() error { _, _, err := clf.Forward(px, shape); return err },
+		"Classifier.Save":    func() error { return clf.Save(filepath.Join(t.TempDir(), "m.pt")) },
+		"Tensor.Shape":       func() error { _, err := x.Shape(); return err },
+		"Tensor.DType":       func() error { _, err := x.DType(); return err },
+		"Tensor.Device":      func() error { _, err := x.Device(); return err },
+		"TensorData":         func() error { _, err := moth.TensorData[float32](x); return err },
+	}
+	for name, f := range calls {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%s on a nil receiver panicked: %v", name, r)
+				}
+			}()
+			wantStatus(t, name+" on a nil receiver", f(), moth.StatusNullPointer)
+		}()
+	}
+	for name, f := range map[string]func() error{
+		"Session.Close": s.Close, "Config.Close": c.Close,
+		"Classifier.Close": clf.Close, "Tensor.Close": x.Close,
+	} {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%s on a nil receiver panicked: %v", name, r)
+				}
+			}()
+			if err := f(); err != nil {
+				t.Errorf("%s on a nil receiver: %v", name, err)
+			}
+		}()
+	}
+}

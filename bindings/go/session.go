@@ -191,10 +191,13 @@ func LoadSession(path string, spec Spec) (*Session, error) {
 	if err := CheckABI(); err != nil {
 		return nil, err
 	}
-	p := C.CString(path)
+	p, err := cString("path", path)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(p))
 	var h *C.moth_session
-	err := call(func() C.moth_status {
+	err = call(func() C.moth_status {
 		return C.moth_session_load(p, C.size_t(spec.NumClasses),
 			C.int64_t(spec.C), C.int64_t(spec.H), C.int64_t(spec.W), &h)
 	})
@@ -231,6 +234,9 @@ func SessionFromBytes(data []byte, spec Spec) (*Session, error) {
 // Close frees the session after any call in progress. Closing twice is
 // harmless.
 func (s *Session) Close() error {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.h != nil {
@@ -501,7 +507,10 @@ func (s *Session) LastError() (string, error) {
 // Save writes the session to a checkpoint file at path, atomically. The
 // model and optimiser are the caller's to save.
 func (s *Session) Save(path string) error {
-	p := C.CString(path)
+	p, err := cString("path", path)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(p))
 	return s.do(func(h *C.moth_session) C.moth_status { return C.moth_session_save(h, p) })
 }

@@ -337,10 +337,8 @@ int main(int argc, char **argv) try {
 
         auto stamped = session->harden(classifier, moth::Tensor(x), moth::Tensor(y));
         streams.check_restored();
-        if (!stamped) {
-            if (session->is_done()) break;
-            continue; // an accuracy report is due: handled at the loop's top
-        }
+        if (stamped.done()) break;
+        if (stamped.accuracy_wanted()) continue; // handled at the loop's top
         auto xs = stamped->to_at();
 
         auto scope = streams.scope(); // moth produced xs on our stream too

@@ -9,7 +9,7 @@
 //
 // Build and run from this folder (see bindings/go/README.md):
 //
-//	export CGO_LDFLAGS="-L$MOTH/target/release -Wl,-rpath,$MOTH/target/release"
+//	(cd $MOTH && scripts/gen-pc.sh) && export PKG_CONFIG_PATH=$MOTH/target/release
 //	go run . -model model.pt [-data DIR] [-images N] [-batch B] [-steps S]
 package main
 

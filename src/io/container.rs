@@ -9,11 +9,16 @@
 //! | 2 + n | moth version that wrote the file: u16 LE length, UTF-8 |
 //! | 1     | payload kind ([`PayloadKind`])                     |
 //! | 8     | payload length, u64 little endian                  |
-//! | 4     | CRC32 of the payload, u32 little endian            |
+//! | 4     | CRC32, u32 little endian: of every header byte before it, then of the payload |
 //! | len   | the payload: `bincode::config::standard()` serde encoding |
 //!
-//! Nothing follows the payload. [`decode`] checks every field in that order
-//! and says which one is wrong; it never panics, whatever the input.
+//! Nothing follows the payload. Format 3 is what this moth writes; it still
+//! reads format 2, whose layout is the same but whose CRC32 covers the
+//! payload only (so a damaged moth version string went unnoticed there).
+//! [`decode`] checks every field in that order and says which one is wrong;
+//! it never panics, whatever the input. [`read_checkpoint`] reads a file
+//! header first and then exactly the payload the header announces, so a
+//! device, a FIFO or a huge file is refused before its content is read.
 //! [`write_atomic`] replaces a file so that a reader (or a process restarted
 //! after a crash) sees either the old or the new content, never a mix.
 //!
@@ -22,8 +27,8 @@
 //! denormals included).
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bincode::config;
@@ -36,8 +41,12 @@ use crate::{Error, Result};
 /// The eight bytes every checkpoint file starts with.
 pub const MAGIC: [u8; 8] = *b"MOTHCKPT";
 
-/// The container format version this moth writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The container format version this moth writes.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The older format version this moth still reads: the same layout, with a
+/// CRC32 of the payload only.
+pub const PAYLOAD_CRC_VERSION: u32 = 2;
 
 /// The moth version written into every checkpoint header.
 pub const MOTH_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -108,7 +117,8 @@ impl std::fmt::Display for PayloadKind {
 /// The parsed header of a checkpoint whose header fields are all valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// The container format version (always [`FORMAT_VERSION`] once parsed).
+    /// The container format version: [`FORMAT_VERSION`] or
+    /// [`PAYLOAD_CRC_VERSION`].
     pub format_version: u32,
     /// The moth version that wrote the file.
     pub moth_version: String,
@@ -116,7 +126,8 @@ pub struct Header {
     pub kind: PayloadKind,
     /// The payload length in bytes.
     pub payload_len: u64,
-    /// The CRC32 of the payload recorded by the writer.
+    /// The CRC32 recorded by the writer (of the header and the payload, or
+    /// of the payload only in format 2).
     pub checksum: u32,
     /// Where the payload starts in the file.
     pub payload_offset: usize,
@@ -159,9 +170,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
         return Err(reject("not a moth checkpoint (bad magic bytes)"));
     }
     let format_version = read_u32(bytes, 8);
-    if format_version != FORMAT_VERSION {
+    if format_version != FORMAT_VERSION && format_version != PAYLOAD_CRC_VERSION {
         return Err(reject(format!(
-            "format version {format_version}, this moth reads version {FORMAT_VERSION}"
+            "format version {format_version}, this moth reads versions \
+             {PAYLOAD_CRC_VERSION} and {FORMAT_VERSION}"
         )));
     }
     let version_len = read_u16(bytes, 12) as usize;
@@ -215,9 +227,22 @@ pub fn encode<T: Serialize>(kind: PayloadKind, value: &T) -> Result<Vec<u8>> {
     out.extend_from_slice(version);
     out.push(kind.to_byte());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    let crc = checksum(FORMAT_VERSION, &out, &payload);
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// The CRC32 a file of `format_version` records, given the header bytes
+/// before the checksum field and the payload. Format 3 covers both, so that
+/// no byte of the file escapes the check.
+pub fn checksum(format_version: u32, header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if format_version != PAYLOAD_CRC_VERSION {
+        hasher.update(header);
+    }
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 fn decode_with_limit<T: DeserializeOwned, const LIMIT: usize>(
@@ -250,7 +275,8 @@ fn decode_payload<T: DeserializeOwned>(
 /// The checks run in this order, each with its own message in
 /// [`Error::Checkpoint`]: header long enough, magic bytes, format version,
 /// payload kind, payload length against the bytes present (truncated file or
-/// trailing bytes), CRC32, then bincode decoding under a memory limit, which
+/// trailing bytes), CRC32 (of the header and payload; of the payload only
+/// in format 2), then bincode decoding under a memory limit, which
 /// must consume the whole payload. Never panics.
 pub fn decode<T: DeserializeOwned>(kind: PayloadKind, bytes: &[u8]) -> Result<T> {
     let header = parse_header(bytes)?;
@@ -281,10 +307,14 @@ pub fn decode<T: DeserializeOwned>(kind: PayloadKind, bytes: &[u8]) -> Result<T>
         )));
     }
     let payload = &bytes[header.payload_offset..];
-    let actual = crc32fast::hash(payload);
+    let actual = checksum(
+        header.format_version,
+        &bytes[..header.payload_offset - 4],
+        payload,
+    );
     if actual != header.checksum {
         return Err(reject(format!(
-            "checksum mismatch: file corrupted (header {:08x}, payload {:08x})",
+            "checksum mismatch: file corrupted (recorded {:08x}, computed {:08x})",
             header.checksum, actual
         )));
     }
@@ -401,9 +431,89 @@ fn process_exists(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Reads a whole file; the error names the path.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+/// Reads a checkpoint file: its header first, then exactly the payload the
+/// header announces. Only a regular file is read (a FIFO would block, a
+/// device like `/dev/zero` never ends), and a file whose size is not header
+/// plus payload, or whose payload exceeds [`MAX_PAYLOAD_LEN`], is refused
+/// before the payload is read, so memory stays bounded by the file's own
+/// claim. A path that cannot be opened or is not a regular file is an
+/// [`Error::Io`] naming the path; a bad header an [`Error::Checkpoint`].
+/// [`decode`] checks the checksum and the payload.
+pub fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let named = |m: String| Error::Checkpoint(format!("{}: {m}", path.display()));
+    let (mut file, size) = open_regular(path).map_err(io)?;
+    let mut bytes = read_at_most(&mut file, FIXED_HEADER_LEN as u64).map_err(io)?;
+    if bytes.len() == FIXED_HEADER_LEN && bytes[..8] == MAGIC {
+        // The moth version string sits inside the header: fetch the rest.
+        let rest = read_u16(&bytes, 12) as u64;
+        bytes.extend(read_at_most(&mut file, rest).map_err(io)?);
+    }
+    let header = parse_header(&bytes).map_err(|e| match e {
+        Error::Checkpoint(m) => named(m),
+        other => other,
+    })?;
+    if header.payload_len > MAX_PAYLOAD_LEN as u64 {
+        return Err(named(format!(
+            "payload of {} bytes exceeds the {MAX_PAYLOAD_LEN}-byte limit",
+            header.payload_len
+        )));
+    }
+    let announced = header.payload_offset as u64 + header.payload_len;
+    if size != announced {
+        return Err(named(format!(
+            "the file holds {size} bytes, its header announces {announced} \
+             ({}-byte header and {}-byte payload)",
+            header.payload_offset, header.payload_len
+        )));
+    }
+    let payload = read_at_most(&mut file, header.payload_len).map_err(io)?;
+    bytes.extend(payload);
+    // The file may have changed since it was measured: decode sees a short
+    // payload as truncated; a longer file is refused here.
+    if read_at_most(&mut file, 1).map_err(io)?.len() == 1 {
+        return Err(named("the file grew while it was read".to_owned()));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file, and returns its size.
+fn open_regular(path: &Path) -> std::io::Result<(File, u64)> {
+    // Without O_NONBLOCK, opening a FIFO waits for a writer, perhaps forever;
+    // the flag changes nothing for a regular file.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}, not a regular file", file_type_name(meta.file_type())),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+fn file_type_name(t: fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads up to `limit` bytes (fewer only at the end of the file).
+fn read_at_most(file: &mut File, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(limit.min(MAX_PAYLOAD_LEN as u64) as usize);
+    Read::take(&mut *file, limit).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Encodes `value` as a checkpoint of the given kind and writes it to `path`
@@ -415,7 +525,7 @@ pub fn save<T: Serialize>(path: &Path, kind: PayloadKind, value: &T) -> Result<(
 
 /// Reads and decodes the checkpoint at `path`; a rejection names the path.
 pub fn load<T: DeserializeOwned>(path: &Path, kind: PayloadKind) -> Result<T> {
-    let bytes = read_file(path)?;
+    let bytes = read_checkpoint(path)?;
     decode(kind, &bytes).map_err(|e| match e {
         Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
         other => other,

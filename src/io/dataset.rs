@@ -101,6 +101,20 @@ impl Dataset {
 
     /// Loads Fashion-MNIST from `dir` (default [`FASHION_MNIST_DIR`]).
     pub fn fashion_mnist(dir: Option<&Path>, split: Split) -> Result<Self> {
+        let [image_path, label_path] = Self::fashion_mnist_files(dir, split)?;
+        let images = read_idx(&image_path)?;
+        let labels = read_idx(&label_path)?;
+        let classes = FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Self::from_idx(&images, &labels, classes, &label_path)
+    }
+
+    /// The image and label files [`Dataset::fashion_mnist`] reads for
+    /// `split` from `dir` (default [`FASHION_MNIST_DIR`]): gzipped ones when
+    /// present, else plain ones. Fails when either is missing.
+    pub fn fashion_mnist_files(dir: Option<&Path>, split: Split) -> Result<[PathBuf; 2]> {
         let dir: PathBuf = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| FASHION_MNIST_DIR.into());
@@ -120,15 +134,7 @@ impl Dataset {
                 "not found (install it with scripts/setup.sh, or `apt-get install dataset-fashion-mnist`)",
             ))
         };
-        let image_path = find("images-idx3-ubyte")?;
-        let label_path = find("labels-idx1-ubyte")?;
-        let images = read_idx(&image_path)?;
-        let labels = read_idx(&label_path)?;
-        let classes = FASHION_MNIST_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        Self::from_idx(&images, &labels, classes, &label_path)
+        Ok([find("images-idx3-ubyte")?, find("labels-idx1-ubyte")?])
     }
 
     /// Number of samples.

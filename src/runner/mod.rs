@@ -334,6 +334,14 @@ impl<'a> HardenRun<'a> {
         Ok((run, decode_notes(&ck.notes)?))
     }
 
+    /// The caller's notes of [`HardenRun::checkpoint`] bytes, without
+    /// rebuilding the run: what a caller needs to know before it loads the
+    /// data to resume on (the CLI keeps the data's folder there).
+    pub fn notes<N: DeserializeOwned>(bytes: &[u8]) -> Result<N> {
+        let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;
+        decode_notes(&ck.notes)
+    }
+
     /// Whether the accuracy bound made the run return to an earlier model.
     pub fn restored_last_good(&self) -> bool {
         self.restored_last_good

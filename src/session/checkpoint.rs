@@ -196,7 +196,7 @@ impl Session {
 
     /// Loads a session saved with [`Session::save`].
     pub fn load(path: &Path, expected: Option<SessionSpec>) -> Result<Session> {
-        let bytes = container::read_file(path)?;
+        let bytes = container::read_checkpoint(path)?;
         Self::from_bytes(&bytes, expected).map_err(|e| match e {
             Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
             other => other,

@@ -58,12 +58,22 @@ pub struct Common {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Folder holding the Fashion-MNIST IDX files.
-    #[arg(long, default_value = moth::io::dataset::FASHION_MNIST_DIR)]
-    pub data: PathBuf,
+    /// Folder holding the Fashion-MNIST IDX files [default:
+    /// /usr/share/datasets/fashion-mnist; with `harden --resume`, the run's].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Seed for every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+impl Common {
+    /// The data folder: `--data`, or the default one.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data
+            .clone()
+            .unwrap_or_else(|| moth::io::dataset::FASHION_MNIST_DIR.into())
+    }
 }
 
 /// Which model to work on.
@@ -173,6 +183,10 @@ pub struct HardenArgs {
     /// taken from its checkpoint).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Start a new run even when the --out folder holds one (its run.ckpt
+    /// is overwritten).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     #[arg(long, value_name = "JSON", help = concat!(session_config_help!(),
         " Applied before --method, --seed, --bounds and --max-drop."))]
     pub session_config: Option<String>,

@@ -94,8 +94,10 @@ pub fn run(a: &BenchArgs) -> Outcome {
 /// The base model's accuracy and distances.
 fn prepare(a: &BenchArgs) -> Outcome<Bench<'_>> {
     let (mut base, classes) = crate::train::load_or_train(&a.model, &a.common, None)?;
-    let train_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?;
-    let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    let data = a.common.data_dir();
+    let train_set = Dataset::fashion_mnist(Some(&data), Split::Train)?;
+    let mut test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
+    crate::check::model_suits_data(&mut base, &a.model, &test_set, &data)?;
     test_set.classes = classes;
     let dcfg = distance_config(a);
     println!(

@@ -15,7 +15,9 @@ use crate::{Failure, Outcome};
 pub fn run(a: &DistanceArgs) -> Outcome {
     let (mut model, classes) =
         crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
-    let mut test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    let data = a.common.data_dir();
+    let mut test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
+    crate::check::model_suits_data(&mut model, &a.model.path, &test_set, &data)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
     }

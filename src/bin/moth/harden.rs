@@ -12,6 +12,7 @@ use moth::session::{Phase, Preset, Session, SessionConfig};
 use moth::torch::model::{Classifier, Model};
 
 use crate::args::{check_batch, preset_session_config, HardenArgs};
+use crate::data::DataId;
 use crate::distance::{measure_keeping_triggers, measure_with_progress, stamped_accuracy};
 use crate::progress::{bar, Progress};
 use crate::report::{
@@ -26,6 +27,8 @@ use moth::algo::stamped_accuracy::StampedAccuracy;
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct HardenNotes {
     model: String,
+    /// The data the run started on; a resumed run continues on it.
+    data: DataId,
     method: String,
     no_distance: bool,
     distance: DistanceConfig,
@@ -44,6 +47,15 @@ struct Data {
     test: Dataset,
 }
 
+/// A run checkpoint read for `--resume`, with the notes already decoded
+/// (they say which data to load).
+struct Stored {
+    dir: PathBuf,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    notes: HardenNotes,
+}
+
 pub fn run(a: &HardenArgs) -> Outcome {
     let wall = Instant::now();
     // Settings first: a typo must not cost a model training.
@@ -51,14 +63,25 @@ pub fn run(a: &HardenArgs) -> Outcome {
         Some(_) => None,
         None => Some(session_config(a)?),
     };
-    let mut data = Data {
-        train: Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?,
-        test: Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?,
+    let stored = match &a.resume {
+        Some(dir) => Some(read_run(dir)?),
+        None => {
+            refuse_to_overwrite(a)?;
+            None
+        }
     };
-    let (mut run, mut notes, out) = match (&a.resume, session_cfg) {
-        (Some(dir), _) => resume(a, dir, &data.train, &data.test)?,
+    let data_dir = match &stored {
+        Some(s) => s.notes.data.resume_dir(a.common.data.as_deref())?,
+        None => a.common.data_dir(),
+    };
+    let mut data = Data {
+        train: Dataset::fashion_mnist(Some(&data_dir), Split::Train)?,
+        test: Dataset::fashion_mnist(Some(&data_dir), Split::Test)?,
+    };
+    let (mut run, mut notes, out) = match (stored, session_cfg) {
+        (Some(stored), _) => resume(a, stored, &data.train, &data.test)?,
         (None, Some(cfg)) => {
-            let (run, notes) = start(a, cfg, &data.train, &mut data.test)?;
+            let (run, notes) = start(a, cfg, &data_dir, &data.train, &mut data.test)?;
             (run, notes, a.out.clone())
         }
         (None, None) => unreachable!("a new run has its settings"),
@@ -71,6 +94,43 @@ pub fn run(a: &HardenArgs) -> Outcome {
     notes.harden_seconds_so_far = harden_loop(&mut run, &notes, a, &out)?;
     save(&run, &notes, &ckpt)?;
     finish(run, notes, &data, &out, wall)
+}
+
+/// A new run would overwrite the checkpoint of an earlier one in `--out`
+/// (perhaps hours of an interrupted run): only with `--force`.
+fn refuse_to_overwrite(a: &HardenArgs) -> moth::Result<()> {
+    let ckpt = a.out.join("run.ckpt");
+    if a.force || !ckpt.exists() {
+        return Ok(());
+    }
+    Err(moth::Error::Config(format!(
+        "{} already holds a run ({}): continue it with `moth harden --resume {}`, \
+         or pass --force to start a new run over it",
+        a.out.display(),
+        ckpt.display(),
+        a.out.display()
+    )))
+}
+
+/// Reads DIR/run.ckpt and its notes.
+fn read_run(dir: &Path) -> moth::Result<Stored> {
+    let path = dir.join("run.ckpt");
+    let bytes = moth::io::container::read_checkpoint(&path)?;
+    let notes = HardenRun::notes(&bytes).map_err(|e| named(&path, e))?;
+    Ok(Stored {
+        dir: dir.to_path_buf(),
+        path,
+        bytes,
+        notes,
+    })
+}
+
+/// A checkpoint rejection with the file's path in front.
+fn named(path: &Path, e: moth::Error) -> moth::Error {
+    match e {
+        moth::Error::Checkpoint(m) => moth::Error::Checkpoint(format!("{}: {m}", path.display())),
+        other => other,
+    }
 }
 
 /// The session settings: `--session-config`, then the dedicated options.
@@ -88,30 +148,25 @@ fn session_config(a: &HardenArgs) -> moth::Result<SessionConfig> {
 /// Continues the run in DIR from its checkpoint.
 fn resume<'d>(
     a: &HardenArgs,
-    dir: &Path,
+    stored: Stored,
     train_set: &'d Dataset,
     test_set: &Dataset,
 ) -> moth::Result<(HardenRun<'d>, HardenNotes, PathBuf)> {
-    let path = dir.join("run.ckpt");
-    let bytes = moth::io::container::read_file(&path)?;
     let device = a.common.device.resolve()?;
     let (run, notes): (HardenRun, HardenNotes) =
-        HardenRun::resume(&bytes, device, train_set, test_set).map_err(|e| match e {
-            moth::Error::Checkpoint(m) => {
-                moth::Error::Checkpoint(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })?;
+        HardenRun::resume(&stored.bytes, device, train_set, test_set)
+            .map_err(|e| named(&stored.path, e))?;
     pin_threads(&run.session);
     println!(
-        "resuming {} from {} at step {} of {} ({})",
+        "resuming {} from {} at step {} of {} ({}), on the data in {}",
         notes.model,
-        path.display(),
+        stored.path.display(),
         run.session.step(),
         run.session.config().max_steps,
-        run.session.phase()
+        run.session.phase(),
+        notes.data.dir.display()
     );
-    Ok((run, notes, dir.to_path_buf()))
+    Ok((run, notes, stored.dir))
 }
 
 /// CPU results are bit-identical only with the thread count the run started
@@ -133,12 +188,15 @@ fn pin_threads(session: &Session) {
 fn start<'d>(
     a: &HardenArgs,
     session_cfg: SessionConfig,
+    data_dir: &Path,
     train_set: &'d Dataset,
     test_set: &mut Dataset,
 ) -> Outcome<(HardenRun<'d>, HardenNotes)> {
     let start = Instant::now();
+    let data = DataId::of(data_dir)?;
     let (mut base, classes) =
         crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
+    crate::check::model_suits_data(&mut base, &a.model.path, test_set, data_dir)?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
     }
@@ -170,6 +228,7 @@ fn start<'d>(
     let run = HardenRun::new(base, session_cfg, run_cfg, train_set, test_set)?;
     let notes = HardenNotes {
         model: a.model.path.display().to_string(),
+        data,
         method: a.method.name().to_string(),
         no_distance: a.no_distance,
         distance: dcfg,

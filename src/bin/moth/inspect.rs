@@ -10,7 +10,7 @@ use moth::torch::model::ModelState;
 use moth::torch::train::OptimizerKind;
 
 pub fn run(path: &Path) -> moth::Result<()> {
-    let bytes = container::read_file(path)?;
+    let bytes = container::read_checkpoint(path)?;
     let header = parse_header(&bytes)?;
     println!(
         "{}: moth checkpoint format {}, written by moth {}, kind {}, payload {} bytes",

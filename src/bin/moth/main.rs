@@ -7,6 +7,8 @@
 
 mod args;
 mod bench;
+mod check;
+mod data;
 mod distance;
 mod harden;
 mod inspect;

@@ -27,11 +27,10 @@ struct Plan<'a> {
 pub fn run(a: &TrainArgs) -> moth::Result<()> {
     check_batch(a.batch)?;
     let device = a.common.device.resolve()?;
-    let train_set = limited(
-        Dataset::fashion_mnist(Some(&a.common.data), Split::Train)?,
-        a.limit,
-    )?;
-    let test_set = Dataset::fashion_mnist(Some(&a.common.data), Split::Test)?;
+    let data = a.common.data_dir();
+    let train_set = limited(Dataset::fashion_mnist(Some(&data), Split::Train)?, a.limit)?;
+    let test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
+    check_builtin_fits(&train_set, &data)?;
     let plan = Plan {
         epochs: a.epochs,
         batch: a.batch,
@@ -51,7 +50,28 @@ fn limited(data: Dataset, limit: Option<usize>) -> moth::Result<Dataset> {
     }
 }
 
-/// Loads the model, training the default one first when it does not exist yet.
+/// The built-in CNN takes 1x28x28 images: other data is refused before
+/// training starts.
+fn check_builtin_fits(data: &Dataset, dir: &Path) -> moth::Result<()> {
+    let (want, have) = (Arch::Cnn28.input_shape(), data.input_shape());
+    if want == have {
+        return Ok(());
+    }
+    Err(moth::Error::Config(format!(
+        "the built-in CNN takes {}x{}x{} images, the data in {} has {}x{}x{} images",
+        want[0],
+        want[1],
+        want[2],
+        dir.display(),
+        have[0],
+        have[1],
+        have[2]
+    )))
+}
+
+/// Loads the model, training the default one first when it does not exist
+/// yet. That training is announced on stderr with the absolute path: run
+/// from another folder, the relative default path points somewhere new.
 pub fn load_or_train(
     path: &Path,
     common: &Common,
@@ -59,12 +79,18 @@ pub fn load_or_train(
 ) -> moth::Result<(Model, Vec<String>)> {
     let device = common.device.resolve()?;
     if !path.exists() && path == Path::new(DEFAULT_MODEL) {
-        println!(
-            "{} does not exist: training the default model first",
-            path.display()
+        let data = common.data_dir();
+        let train_set = Dataset::fashion_mnist(Some(&data), Split::Train)?;
+        let test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
+        check_builtin_fits(&train_set, &data)?;
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        eprintln!(
+            "moth: no model at {}: training the default model there first \
+             ({DEFAULT_EPOCHS} epochs on the {} images in {}; --model picks another)",
+            shown.display(),
+            train_set.len(),
+            data.display()
         );
-        let train_set = Dataset::fashion_mnist(Some(&common.data), Split::Train)?;
-        let test_set = Dataset::fashion_mnist(Some(&common.data), Split::Test)?;
         let plan = Plan {
             epochs: DEFAULT_EPOCHS,
             batch: DEFAULT_BATCH,
