@@ -8,6 +8,13 @@
  *   moth_session_last_error() give the message of the last failure.
  * - Objects are opaque handles: every moth_x_new/_load/_from_* has a moth_x_free, and
  *   moth_x_free(NULL) does nothing. Memory moth allocates is freed only by moth.
+ * - Every handle starts with a tag naming its type, which its moth_x_free overwrites. A
+ *   handle that was freed already (a double free, a use after free) or a handle of another
+ *   type (a tensor passed as a session) gives MOTH_STATUS_INVALID_HANDLE; a moth_x_free
+ *   given one does nothing and leaves the message for moth_last_error(). moth keeps the
+ *   memory of the last 1024 freed handles to tell them apart. Still undefined: a handle
+ *   used after 1024 more handles were freed (its memory may be reused), and pointers moth
+ *   never made (arbitrary addresses, or memory of the caller's own).
  * - Pointer arguments must be NULL (where allowed) or point to live objects of the documented
  *   type; buffers must hold the stated number of bytes or elements. A NULL pointer where one
  *   is required gives MOTH_STATUS_NULL_POINTER. Strings are NUL-terminated UTF-8.
@@ -202,6 +209,18 @@ enum moth_status
      * CUDA streams in a process without CUDA).
      */
     MOTH_STATUS_UNSUPPORTED = -21,
+    /**
+     * A handle argument is not a live handle of the expected type: it was
+     * freed already, or it is a handle of another type (a tensor passed as
+     * a session). See the header's preamble for what moth cannot detect.
+     */
+    MOTH_STATUS_INVALID_HANDLE = -22,
+    /**
+     * The model's outputs cannot be used: a trigger inversion diverged on
+     * NaN or infinite logits, or a step would have put non-finite values
+     * into the session (which is then unchanged).
+     */
+    MOTH_STATUS_MODEL_OUTPUT = -23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -410,7 +429,10 @@ typedef struct {
  * run under no-grad). Store a new tensor handle in `*logits_out` (moth takes
  * ownership and frees it) and return 0; return any non-zero value to fail
  * (moth then returns `MOTH_STATUS_CALLBACK`; call `moth_callback_set_error`
- * first to say why). `input` is borrowed for the duration of the call.
+ * first to say why). `input` is borrowed for the duration of the call:
+ * storing it in `*logits_out` is refused with `MOTH_STATUS_CALLBACK`, and
+ * so is anything else that is not a live tensor handle (which moth then
+ * leaves alone).
  * Called synchronously on the thread that called moth, with the session
  * and this classifier locked; it must not throw (C++) or unwind. Inside it,
  * call only `moth_tensor_*` functions and `moth_callback_set_error`: a call
@@ -724,7 +746,8 @@ moth_status moth_session_from_buffer(const uint8_t *data,
  * takes `[n, c, h, w]` float inputs in `[0, 1]` (normalisation belongs
  * inside the module) and returns logits `[n, classes]`, onto `device`. The
  * class count is read from a probe forward pass. A file that cannot be
- * opened gives `MOTH_STATUS_IO`; one that is not a TorchScript module, or
+ * opened, or a folder, gives `MOTH_STATUS_IO`; one that is not a
+ * TorchScript module, or
  * whose forward fails on the probe, `MOTH_STATUS_FORMAT`.
  */
 MOTH_MUST_USE
@@ -769,7 +792,8 @@ moth_status moth_classifier_forward(moth_classifier *classifier,
 /**
  * Saves a TorchScript classifier (with any training the caller did through
  * moth) to `path`, loadable from Python with `torch.jit.load`. A callback
- * classifier gives `MOTH_STATUS_UNSUPPORTED` (its model is the caller's).
+ * classifier gives `MOTH_STATUS_UNSUPPORTED` (its model is the caller's);
+ * a folder that does not exist, `MOTH_STATUS_IO`.
  */
 MOTH_MUST_USE moth_status moth_classifier_save(moth_classifier *classifier, const char *path);
 
@@ -885,8 +909,9 @@ void moth_session_free(moth_session *session);
  * Runs one hardening step on the batch `x` (`[n, C, H, W]` floating-point
  * pixels in `[0, 1]`) with labels `y` (`[n]` integers): the phase's
  * inversion on `classifier` (in evaluation mode), then stamping. On success
- * `*stamped_out` receives a new tensor (same device, shape and order as
- * `x`; labels are unchanged) to train on; free it with `moth_tensor_free`.
+ * `*stamped_out` receives a new tensor (same device, shape, element type
+ * and order as `x`; labels are unchanged) to train on; free it with
+ * `moth_tensor_free`.
  * The step report is then available from `moth_session_last_report`. The
  * step runs with autograd on, also when called from inside the caller's
  * no-grad scope; the calling thread's grad mode is restored on return.
@@ -897,8 +922,14 @@ void moth_session_free(moth_session *session);
  * (`moth_session_report_accuracy`). Failures leave the session unchanged:
  * `MOTH_STATUS_WRONG_SHAPE`, `MOTH_STATUS_WRONG_DTYPE`,
  * `MOTH_STATUS_LABEL_OUT_OF_RANGE`, `MOTH_STATUS_INVALID_VALUE` (pixels
- * outside `[0, 1]`, NaN), `MOTH_STATUS_CALLBACK` (the forward callback
- * failed), `MOTH_STATUS_TORCH`, ...
+ * outside `[0, 1]`, NaN), `MOTH_STATUS_WRONG_SHAPE` also for a classifier
+ * whose logits are not `[n, num_classes]` (another class count than the
+ * session's), `MOTH_STATUS_INVALID_INPUT` for a classifier whose logits do
+ * not depend on its input, `MOTH_STATUS_CALLBACK` (the forward callback
+ * failed, returned detached logits, or stored its own `input` handle),
+ * `MOTH_STATUS_MODEL_OUTPUT` (NaN or infinite logits made the inversion
+ * diverge or would have put non-finite values into the session),
+ * `MOTH_STATUS_INVALID_HANDLE`, `MOTH_STATUS_TORCH`, ...
  */
 MOTH_MUST_USE
 moth_status moth_session_harden_batch(moth_session *session,
@@ -1003,7 +1034,11 @@ moth_status moth_session_last_error(const moth_session *session,
 /**
  * Sets the session's log callback (NULL removes it); `user_data` is passed
  * to each call and freed with `free_user_data` (may be NULL) when the
- * callback is replaced or the session freed. The session sends one info
+ * callback is replaced or the session freed. With `callback == NULL`,
+ * `free_user_data(user_data)` is called at once (when the call succeeds).
+ * Like every callback moth invokes, the log callback runs with the session
+ * locked: a call on the same session from inside it returns
+ * `MOTH_STATUS_BUSY` (`moth_session_last_error` excepted). The session sends one info
  * line per step, accuracy verdicts, checkpoint saves, and every failed
  * call's message at error level (flow signals at info level). moth never
  * installs a process-wide logger.

@@ -53,6 +53,11 @@ pub enum Error {
     /// its status and the reason it left, if any.
     #[error("{0}")]
     Callback(String),
+    /// The model's outputs cannot be used: an inversion diverged on
+    /// non-finite logits, or a step would have put non-finite values into
+    /// the session. Not [`Error::Input`]: the caller's data was fine.
+    #[error("unusable model output: {0}")]
+    Model(String),
     /// A value could not be serialised (to JSON, to a checkpoint payload):
     /// not the caller's input, so not [`Error::Input`].
     #[error("cannot serialise {what}: {message}")]
@@ -115,13 +120,35 @@ pub struct PhaseError {
     pub message: String,
 }
 
+/// The longest libtorch message moth passes on, in bytes.
+pub const TORCH_MESSAGE_MAX: usize = 1024;
+
 /// libtorch's message without the C++ backtrace (`Exception raised from
-/// ...`, one `frame #N` line per stack frame) it appends: kilobytes that
-/// tell a user nothing.
+/// ...`, one `frame #N` line per stack frame) it appends, without tch's
+/// "Internal torch error" label (most such errors are the caller's
+/// tensors or model, not a fault inside libtorch), and at most
+/// [`TORCH_MESSAGE_MAX`] bytes: kilobytes of C++ tell a user nothing.
 pub fn torch_message(e: &tch::TchError) -> String {
-    let full = e.to_string();
+    let full = match e {
+        tch::TchError::Torch(m) => m.clone(),
+        other => other.to_string(),
+    };
     let end = full.find("Exception raised from").unwrap_or(full.len());
-    full[..end].trim_end().to_string()
+    bounded(full[..end].trim_end(), TORCH_MESSAGE_MAX)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary, with a mark
+/// where it was cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mark = " [...]";
+    let mut cut = max.saturating_sub(mark.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{mark}", &text[..cut])
 }
 
 /// Result alias used across moth.
@@ -186,18 +213,23 @@ mod tests {
              frame #0: c10::Error::Error() + 0x1\nframe #1: f + 0x2"
                 .into(),
         );
-        assert_eq!(
-            torch_message(&e),
-            "Internal torch error: open file failed: No such file"
-        );
+        assert_eq!(torch_message(&e), "open file failed: No such file");
         assert_eq!(
             Error::Torch(e).to_string(),
-            "libtorch: Internal torch error: open file failed: No such file"
+            "libtorch: open file failed: No such file"
         );
         let plain = tch::TchError::Torch("shape mismatch".into());
-        assert_eq!(
-            torch_message(&plain),
-            "Internal torch error: shape mismatch"
+        assert_eq!(torch_message(&plain), "shape mismatch");
+    }
+
+    #[test]
+    fn long_torch_messages_are_cut() {
+        let e = tch::TchError::Torch("é".repeat(3000));
+        let m = torch_message(&e);
+        assert!(
+            m.len() <= TORCH_MESSAGE_MAX && m.ends_with(" [...]"),
+            "{}",
+            m.len()
         );
     }
 }

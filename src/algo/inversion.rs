@@ -18,7 +18,6 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::algo::cost_schedule::CostSchedule;
 use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
-use crate::error::InputKind;
 use crate::torch::model::Classifier;
 use crate::torch::train::{adam_update, AdamRule};
 use crate::{Error, Result};
@@ -297,6 +296,14 @@ fn validate_task(task: &InversionTask) -> Result<[i64; 3]> {
     Ok([s[1], s[2], s[3]])
 }
 
+/// The error of a model whose logits have no autograd path back to its input.
+fn independent_of_input() -> Error {
+    Error::input(
+        "the model's logits do not depend on its input (detached, constant, or computed \
+         from its parameters only), so no trigger can be inverted",
+    )
+}
+
 /// Runs the inversion of every direction of `task` on `model` (switched to
 /// eval mode). `seed` seeds the run's own RNG, which draws the random initial
 /// values, shuffles and restart noise on the host: the same seed gives the
@@ -389,12 +396,15 @@ pub fn invert(
             if !logits.requires_grad() {
                 // Without a path from the input to the logits the pattern gets
                 // no gradient (and libtorch aborts a backward without a graph).
-                return Err(Error::input(
-                    "the model's logits do not depend on its input (detached or constant \
-                     output), so no trigger can be inverted",
-                ));
+                return Err(independent_of_input());
             }
             let grads = Tensor::f_run_backward(&[&loss], &[&tm, &tp], false, false)?;
+            if grads.iter().any(|g| !g.defined()) {
+                // The logits carry a graph (a parameter of the model), but
+                // not one that reaches the stamped input: the pattern gets no
+                // gradient at all, and the optimiser would fail on it.
+                return Err(independent_of_input());
+            }
             used = (m.f_detach()?, p.f_detach()?);
             adam.step([&mut tm, &mut tp], &grads, cfg)?;
             let hit = crate::torch::grad::no_grad(|| -> Result<Tensor> {
@@ -425,9 +435,10 @@ pub fn invert(
         for i in 0..k as usize {
             let reached = asr[i] >= task.budget.asr_bound;
             if !l1[i].is_finite() {
-                return Err(Error::input_of(
-                    InputKind::InvalidValue,
-                    "inversion diverged: non-finite mask (NaN in model outputs?)",
+                return Err(Error::Model(
+                    "the trigger inversion diverged (its mask became non-finite): the \
+                     model's logits or their gradients hold NaN or infinite values"
+                        .into(),
                 ));
             }
             if reached && l1[i] < best_l1[i] {

@@ -9,13 +9,16 @@
 //! that held it.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 use std::ops::{Deref, DerefMut};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Once;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::handle::{handle, Handle};
 use super::status::{moth_status, set_thread_error, FfiError, FfiResult};
 use crate::torch::grad::GradGuard;
 
@@ -82,9 +85,14 @@ pub(crate) trait ErrorRecord {
     fn record_error(&self, status: moth_status, message: &str);
 }
 
-/// The handle pointer `p` (may be NULL) as the boundary sees it.
-pub(crate) fn recorder<T: ErrorRecord + 'static>(p: *const T) -> *const dyn ErrorRecord {
-    p
+/// The handle pointer `p` as the boundary sees it: NULL when it is NULL or
+/// not a live handle of its type (the body then reports why), so that a
+/// failure is never recorded through a bad pointer.
+pub(crate) fn recorder<T: ErrorRecord + Handle>(p: *const T) -> *const dyn ErrorRecord {
+    match handle(p, "") {
+        Ok(r) => r as *const T,
+        Err(_) => std::ptr::null::<T>(),
+    }
 }
 
 /// The text of a panic payload.
@@ -103,8 +111,49 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// see the outcome (a C++ host whose thread was left with autograd off
 /// crashes on its next backward pass).
 fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    install_quiet_panic_hook();
     let _grad = GradGuard::keep();
+    let _inside = Inside::enter();
     catch_unwind(AssertUnwindSafe(f))
+}
+
+thread_local! {
+    /// How many boundary calls are in progress on this thread (a callback
+    /// may call moth again).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks this thread as inside a boundary call while alive.
+struct Inside;
+
+impl Inside {
+    fn enter() -> Self {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Inside
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// The default panic hook prints to stderr even for a panic that the
+/// boundary catches and returns as a status with its message; a library
+/// must not write to its host's stderr. Installed once per process, the hook
+/// stays silent on threads inside a boundary call and hands every other
+/// panic to the hook that was there before (the host's, or Rust's default).
+fn install_quiet_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if DEPTH.with(Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Runs `f`, catching panics; returns its status and records failures (on
@@ -118,8 +167,8 @@ pub(crate) fn run_status<F>(
 where
     F: FnOnce() -> FfiResult<()>,
 {
-    // SAFETY: `on` is NULL or the live handle the caller passed to this very
-    // call (C contract), alive until it returns.
+    // SAFETY: `on` is NULL or a handle whose tag `recorder` checked, passed
+    // to this very call and alive until it returns (C contract).
     let on = on.and_then(|p| unsafe { p.as_ref() });
     let err = match guarded(f) {
         Ok(Ok(())) => return moth_status::Ok,
@@ -213,13 +262,6 @@ pub(crate) fn out<'a, T>(p: *mut T, name: &str) -> FfiResult<&'a mut T> {
     unsafe { p.as_mut() }.ok_or_else(|| FfiError::null(name))
 }
 
-/// The input pointer `p` as a reference, or `NullPointer` naming `name`.
-pub(crate) fn arg<'a, T>(p: *const T, name: &str) -> FfiResult<&'a T> {
-    // SAFETY: non-NULL pointers from C point to a valid `T` for the
-    // duration of the call (C contract).
-    unsafe { p.as_ref() }.ok_or_else(|| FfiError::null(name))
-}
-
 /// A NUL-terminated C string as UTF-8, or `NullPointer` / `InvalidUtf8`.
 pub(crate) fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
     if p.is_null() {
@@ -233,24 +275,6 @@ pub(crate) fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
             format!("argument '{name}' is not valid UTF-8: {e}"),
         )
     })
-}
-
-/// Moves a value to the heap and hands ownership to C.
-pub(crate) fn into_handle<T>(value: T) -> *mut T {
-    Box::into_raw(Box::new(value))
-}
-
-/// Takes back ownership of a handle made by [`into_handle`]; NULL gives None.
-///
-/// # Safety
-/// `p` must be NULL or a pointer from [`into_handle`] not yet freed.
-pub(crate) unsafe fn from_handle<T>(p: *mut T) -> Option<Box<T>> {
-    if p.is_null() {
-        None
-    } else {
-        // SAFETY: the caller contract above.
-        Some(unsafe { Box::from_raw(p) })
-    }
 }
 
 static NEXT_THREAD_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -379,6 +403,35 @@ mod tests {
         assert_eq!(run_value("v", 7, || -> FfiResult<i32> { panic!("x") }), 7);
     }
 
+    /// A panic caught at the boundary writes nothing to stderr (its message
+    /// goes into the status message only); a panic elsewhere in the process
+    /// still reaches the hook that was there before. Checked in a child
+    /// process, whose stderr is its own.
+    #[test]
+    fn caught_panics_print_nothing() {
+        const CHILD: &str = "MOTH_TEST_PANIC_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let st = run_status("quiet_fn", None, true, || panic!("caught at the boundary"));
+            assert_eq!(st, moth_status::Panic);
+            let _ = std::panic::catch_unwind(|| panic!("outside any boundary"));
+            return;
+        }
+        let me = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "ffi::boundary::tests::caught_panics_print_nothing",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("caught at the boundary"), "{err}");
+        assert!(err.contains("outside any boundary"), "{err}");
+    }
+
     /// Whatever a body does to grad mode before it fails, panics or even
     /// succeeds, the caller's thread gets its own mode back.
     #[test]
@@ -435,7 +488,6 @@ mod tests {
 
 #[cfg(test)]
 mod poisoning_tests {
-    use super::*;
     use crate::ffi::config::moth_config_new;
     use crate::ffi::session::*;
     use crate::ffi::status::moth_status;
@@ -445,7 +497,9 @@ mod poisoning_tests {
     /// would: the panic must come back as a status and poison the session.
     unsafe extern "C" fn panics_while_holding(session: *mut moth_session) -> moth_status {
         ffi_boundary!("panics_while_holding", session = session, {
-            let st = arg(session, "session")?.state.lock()?;
+            let st = crate::ffi::handle::handle(session, "session")?
+                .state
+                .lock()?;
             if st.session.step() == 0 {
                 panic!("injected failure");
             }

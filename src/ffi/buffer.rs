@@ -1,13 +1,19 @@
 //! `moth_buffer`: bytes moth made (a serialised session, see
 //! `moth_session_to_buffer`) handed to C, read in place and freed by moth.
 
-use super::boundary::{arg, from_handle, init_out, out};
+use super::boundary::{init_out, out};
+use super::handle::{handle, release, Handle};
 use super::status::moth_status;
 
 /// An owned byte buffer made by moth (a checkpoint). Read it with
 /// `moth_buffer_data`, free it with `moth_buffer_free`.
 pub struct moth_buffer {
     bytes: Vec<u8>,
+}
+
+impl Handle for moth_buffer {
+    const TAG: u64 = u64::from_be_bytes(*b"mothBUFF");
+    const WHAT: &'static str = "buffer";
 }
 
 impl moth_buffer {
@@ -31,7 +37,7 @@ pub unsafe extern "C" fn moth_buffer_data(
         init_out(out_len);
         let d = out(out_data, "out_data")?;
         let l = out(out_len, "out_len")?;
-        let b = arg(buffer, "buffer")?;
+        let b = handle(buffer, "buffer")?;
         *d = b.bytes.as_ptr();
         *l = b.bytes.len();
         Ok(())
@@ -42,8 +48,7 @@ pub unsafe extern "C" fn moth_buffer_data(
 #[no_mangle]
 pub unsafe extern "C" fn moth_buffer_free(buffer: *mut moth_buffer) {
     ffi_boundary!("moth_buffer_free", void, {
-        // SAFETY: NULL or a handle made by moth (C contract).
-        drop(unsafe { from_handle(buffer) });
+        drop(release(buffer, "buffer")?);
         Ok(())
     })
 }

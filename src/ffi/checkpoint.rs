@@ -4,8 +4,9 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use super::boundary::{arg, c_str, init_out, into_handle, out};
+use super::boundary::{c_str, init_out, out};
 use super::buffer::moth_buffer;
+use super::handle::{handle, into_handle};
 use super::log::moth_log_level;
 use super::session::{expected_spec, moth_session, read_into};
 use super::status::{moth_status, FfiError, FfiResult};
@@ -22,7 +23,7 @@ pub unsafe extern "C" fn moth_session_save(
     path: *const c_char,
 ) -> moth_status {
     ffi_boundary!("moth_session_save", session = session, {
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let path = c_str(path, "path")?;
         let st = s.state.lock()?;
         st.session.save(Path::new(path))?;

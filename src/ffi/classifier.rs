@@ -8,7 +8,8 @@ use std::path::Path;
 
 use tch::{Device, Tensor};
 
-use super::boundary::{c_str, from_handle, init_out, into_handle, out, Guarded};
+use super::boundary::{c_str, init_out, out, Guarded};
+use super::handle::{handle, into_handle, release, Handle, Lent};
 use super::log::moth_free_fn;
 use super::status::{moth_status, FfiError};
 use super::tensor::{device_of, moth_device, moth_tensor};
@@ -21,7 +22,10 @@ use crate::{Error, Result};
 /// run under no-grad). Store a new tensor handle in `*logits_out` (moth takes
 /// ownership and frees it) and return 0; return any non-zero value to fail
 /// (moth then returns `MOTH_STATUS_CALLBACK`; call `moth_callback_set_error`
-/// first to say why). `input` is borrowed for the duration of the call.
+/// first to say why). `input` is borrowed for the duration of the call:
+/// storing it in `*logits_out` is refused with `MOTH_STATUS_CALLBACK`, and
+/// so is anything else that is not a live tensor handle (which moth then
+/// leaves alone).
 /// Called synchronously on the thread that called moth, with the session
 /// and this classifier locked; it must not throw (C++) or unwind. Inside it,
 /// call only `moth_tensor_*` functions and `moth_callback_set_error`: a call
@@ -83,7 +87,7 @@ impl Drop for CallbackClassifier {
 impl Classifier for CallbackClassifier {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         CALLBACK_MESSAGE.with(|m| m.borrow_mut().take());
-        let input = moth_tensor::new(x.shallow_clone());
+        let input = Lent::new(moth_tensor::new(x.shallow_clone()));
         let mut logits: *mut moth_tensor = std::ptr::null_mut();
         // Gradients must flow from the logits back to an input that wants
         // them (the inversion's backward pass; libtorch crashes rather than
@@ -95,10 +99,9 @@ impl Classifier for CallbackClassifier {
             let _grad = crate::torch::grad::GradGuard::keep();
             // SAFETY: the caller registered `forward` for this use; `input`
             // outlives the call and `logits` is a valid out-pointer.
-            unsafe { (self.forward)(self.user, &input, &mut logits) }
+            unsafe { (self.forward)(self.user, input.as_ptr(), &mut logits) }
         };
-        // SAFETY: the callback hands over a handle made by moth (or NULL).
-        let owned = unsafe { from_handle(logits) };
+        let owned = take_logits(logits, &input)?;
         if status != 0 {
             return Err(self.fail("forward", status));
         }
@@ -131,6 +134,22 @@ impl Classifier for CallbackClassifier {
     fn device(&self) -> Device {
         self.device
     }
+}
+
+/// Takes ownership of what a forward callback stored in `*logits_out`:
+/// nothing, or a live tensor handle of its own. moth's own `input` (which
+/// lives on moth's stack) and anything that is not a live tensor handle are
+/// refused, and left alone.
+fn take_logits(logits: *mut moth_tensor, input: &Lent<moth_tensor>) -> Result<Option<moth_tensor>> {
+    if std::ptr::eq(logits, input.as_ptr()) {
+        return Err(Error::Callback(
+            "forward callback stored its input handle in logits_out; the input is \
+             borrowed: store a new tensor handle (moth_tensor_from_at_tensor)"
+                .into(),
+        ));
+    }
+    release(logits, "logits_out")
+        .map_err(|e| Error::Callback(format!("forward callback: {}", e.message)))
 }
 
 /// What a classifier handle holds.
@@ -169,11 +188,17 @@ pub struct moth_classifier {
     pub(crate) body: Guarded<ClassifierBody>,
 }
 
+impl Handle for moth_classifier {
+    const TAG: u64 = u64::from_be_bytes(*b"mothCLAS");
+    const WHAT: &'static str = "classifier";
+}
+
 /// Loads a TorchScript module (saved with `torch.jit.save`) whose forward
 /// takes `[n, c, h, w]` float inputs in `[0, 1]` (normalisation belongs
 /// inside the module) and returns logits `[n, classes]`, onto `device`. The
 /// class count is read from a probe forward pass. A file that cannot be
-/// opened gives `MOTH_STATUS_IO`; one that is not a TorchScript module, or
+/// opened, or a folder, gives `MOTH_STATUS_IO`; one that is not a
+/// TorchScript module, or
 /// whose forward fails on the probe, `MOTH_STATUS_FORMAT`.
 #[no_mangle]
 #[must_use]
@@ -249,7 +274,7 @@ pub unsafe extern "C" fn moth_classifier_set_train(
     train: bool,
 ) -> moth_status {
     ffi_boundary!("moth_classifier_set_train", {
-        let clf = out(classifier, "classifier")?;
+        let clf = handle(classifier, "classifier")?;
         let mut body = clf.body.lock()?;
         Ok(body.set_train(train)?)
     })
@@ -267,8 +292,8 @@ pub unsafe extern "C" fn moth_classifier_forward(
     ffi_boundary!("moth_classifier_forward", {
         init_out(out_logits);
         let o = out(out_logits, "out_logits")?;
-        let clf = out(classifier, "classifier")?;
-        let x = &super::boundary::arg(input, "input")?.tensor;
+        let clf = handle(classifier, "classifier")?;
+        let x = &handle(input, "input")?.tensor;
         let body = clf.body.lock()?;
         let logits = crate::torch::grad::no_grad(|| -> Result<Tensor> {
             body.forward(&x.f_to_device(body.device())?)
@@ -280,7 +305,8 @@ pub unsafe extern "C" fn moth_classifier_forward(
 
 /// Saves a TorchScript classifier (with any training the caller did through
 /// moth) to `path`, loadable from Python with `torch.jit.load`. A callback
-/// classifier gives `MOTH_STATUS_UNSUPPORTED` (its model is the caller's).
+/// classifier gives `MOTH_STATUS_UNSUPPORTED` (its model is the caller's);
+/// a folder that does not exist, `MOTH_STATUS_IO`.
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_classifier_save(
@@ -288,7 +314,7 @@ pub unsafe extern "C" fn moth_classifier_save(
     path: *const c_char,
 ) -> moth_status {
     ffi_boundary!("moth_classifier_save", {
-        let clf = out(classifier, "classifier")?;
+        let clf = handle(classifier, "classifier")?;
         let path = c_str(path, "path")?;
         let body = clf.body.lock()?;
         match &*body {
@@ -306,8 +332,7 @@ pub unsafe extern "C" fn moth_classifier_save(
 #[no_mangle]
 pub unsafe extern "C" fn moth_classifier_free(classifier: *mut moth_classifier) {
     ffi_boundary!("moth_classifier_free", void, {
-        // SAFETY: NULL or a handle made by moth (C contract).
-        drop(unsafe { from_handle(classifier) });
+        drop(release(classifier, "classifier")?);
         Ok(())
     })
 }

@@ -6,7 +6,8 @@ use std::ffi::c_char;
 
 use serde_json::{Map, Value};
 
-use super::boundary::{arg, c_str, from_handle, init_out, into_handle, out};
+use super::boundary::{c_str, init_out, out};
+use super::handle::{handle, handle_mut, into_handle, release, Handle};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
 use crate::session::{Preset, SessionConfig};
 use crate::Error;
@@ -17,6 +18,11 @@ use crate::Error;
 /// once `moth_session_new` returned.
 pub struct moth_config {
     pub(crate) config: SessionConfig,
+}
+
+impl Handle for moth_config {
+    const TAG: u64 = u64::from_be_bytes(*b"mothCONF");
+    const WHAT: &'static str = "config";
 }
 
 fn config_error(message: String) -> FfiError {
@@ -80,8 +86,8 @@ pub unsafe extern "C" fn moth_config_new(out_config: *mut *mut moth_config) -> m
 #[no_mangle]
 pub unsafe extern "C" fn moth_config_free(config: *mut moth_config) {
     ffi_boundary!("moth_config_free", void, {
-        // SAFETY: NULL or a handle from moth_config_new (C contract).
-        drop(unsafe { from_handle(config) });
+        // The settings are plain values: dropping them frees everything.
+        let _ = release(config, "config")?;
         Ok(())
     })
 }
@@ -98,7 +104,7 @@ pub unsafe extern "C" fn moth_config_set_json(
     json: *const c_char,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_json", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let text = c_str(json, "json")?;
         let patch: Value =
             serde_json::from_str(text).map_err(|e| config_error(format!("invalid JSON: {e}")))?;
@@ -117,7 +123,7 @@ pub unsafe extern "C" fn moth_config_set_int(
     value: i64,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_int", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let key = c_str(key, "key")?;
         cfg.set_key(key, Value::from(value))
     })
@@ -133,7 +139,7 @@ pub unsafe extern "C" fn moth_config_set_uint(
     value: u64,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_uint", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let key = c_str(key, "key")?;
         cfg.set_key(key, Value::from(value))
     })
@@ -149,7 +155,7 @@ pub unsafe extern "C" fn moth_config_set_double(
     value: f64,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_double", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let key = c_str(key, "key")?;
         let v = serde_json::Number::from_f64(value)
             .map(Value::Number)
@@ -169,7 +175,7 @@ pub unsafe extern "C" fn moth_config_set_preset(
     preset: *const c_char,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_preset", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let preset: Preset = c_str(preset, "preset")?.parse()?;
         cfg.config = preset.session_config();
         Ok(())
@@ -187,7 +193,7 @@ pub unsafe extern "C" fn moth_config_set_string(
     value: *const c_char,
 ) -> moth_status {
     ffi_boundary!("moth_config_set_string", {
-        let cfg = out(config, "config")?;
+        let cfg = handle_mut(config, "config")?;
         let key = c_str(key, "key")?;
         let value = c_str(value, "value")?;
         cfg.set_key(key, Value::from(value))
@@ -208,7 +214,7 @@ pub unsafe extern "C" fn moth_config_to_json(
 ) -> moth_status {
     ffi_boundary!("moth_config_to_json", {
         init_out(needed);
-        let cfg = arg(config, "config")?;
+        let cfg = handle(config, "config")?;
         write_json(&cfg.config, buf, len, needed)
     })
 }

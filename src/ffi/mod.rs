@@ -35,6 +35,7 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub(crate) mod handle;
 pub mod log;
 pub mod report;
 pub mod session;

@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::boundary::{
-    arg, from_handle, init_out, into_handle, out, ErrorRecord, Guarded, Zeroable,
-};
+use super::boundary::{init_out, out, ErrorRecord, Guarded, Zeroable};
 use super::classifier::moth_classifier;
 use super::config::{moth_config, write_json};
+use super::handle::{handle, into_handle, release, Handle};
 use super::log::{moth_free_fn, moth_log_fn, moth_log_level, LogSink};
 use super::report::*;
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
@@ -36,6 +35,11 @@ pub struct moth_session {
     pub(super) state: Guarded<SessionState>,
     last_error: Mutex<std::ffi::CString>,
     log: Mutex<Option<Arc<LogSink>>>,
+}
+
+impl Handle for moth_session {
+    const TAG: u64 = u64::from_be_bytes(*b"mothSESS");
+    const WHAT: &'static str = "session";
 }
 
 impl moth_session {
@@ -75,7 +79,11 @@ impl ErrorRecord for moth_session {
     }
 
     /// Stores a failed call's message and sends it to the log callback
-    /// (flow signals at info level).
+    /// (flow signals at info level). The session stays locked while the
+    /// callback runs, as for every other message, so that a call on the
+    /// session from inside its own log callback gets `Busy`. (When the lock
+    /// cannot be had, poisoned or held further up this thread, the message
+    /// is still sent: nothing can change the session then.)
     fn record_error(&self, status: moth_status, message: &str) {
         *self.last_error.lock() = c_message(message);
         let level = if (status as i32) < 0 {
@@ -83,6 +91,7 @@ impl ErrorRecord for moth_session {
         } else {
             moth_log_level::Info
         };
+        let _held = self.state.lock();
         self.log(level, message);
     }
 }
@@ -148,7 +157,7 @@ pub unsafe extern "C" fn moth_session_new(
     ffi_boundary!("moth_session_new", {
         init_out(out_session);
         let o = out(out_session, "out_session")?;
-        let cfg = arg(config, "config")?;
+        let cfg = handle(config, "config")?;
         let session = Session::new(cfg.config.clone(), spec_of(num_classes, c, h, w))?;
         *o = into_handle(moth_session::new(session));
         Ok(())
@@ -161,8 +170,7 @@ pub unsafe extern "C" fn moth_session_new(
 #[no_mangle]
 pub unsafe extern "C" fn moth_session_free(session: *mut moth_session) {
     ffi_boundary!("moth_session_free", void, {
-        // SAFETY: NULL or a handle made by moth (C contract).
-        drop(unsafe { from_handle(session) });
+        drop(release(session, "session")?);
         Ok(())
     })
 }
@@ -170,8 +178,9 @@ pub unsafe extern "C" fn moth_session_free(session: *mut moth_session) {
 /// Runs one hardening step on the batch `x` (`[n, C, H, W]` floating-point
 /// pixels in `[0, 1]`) with labels `y` (`[n]` integers): the phase's
 /// inversion on `classifier` (in evaluation mode), then stamping. On success
-/// `*stamped_out` receives a new tensor (same device, shape and order as
-/// `x`; labels are unchanged) to train on; free it with `moth_tensor_free`.
+/// `*stamped_out` receives a new tensor (same device, shape, element type
+/// and order as `x`; labels are unchanged) to train on; free it with
+/// `moth_tensor_free`.
 /// The step report is then available from `moth_session_last_report`. The
 /// step runs with autograd on, also when called from inside the caller's
 /// no-grad scope; the calling thread's grad mode is restored on return.
@@ -182,8 +191,14 @@ pub unsafe extern "C" fn moth_session_free(session: *mut moth_session) {
 /// (`moth_session_report_accuracy`). Failures leave the session unchanged:
 /// `MOTH_STATUS_WRONG_SHAPE`, `MOTH_STATUS_WRONG_DTYPE`,
 /// `MOTH_STATUS_LABEL_OUT_OF_RANGE`, `MOTH_STATUS_INVALID_VALUE` (pixels
-/// outside `[0, 1]`, NaN), `MOTH_STATUS_CALLBACK` (the forward callback
-/// failed), `MOTH_STATUS_TORCH`, ...
+/// outside `[0, 1]`, NaN), `MOTH_STATUS_WRONG_SHAPE` also for a classifier
+/// whose logits are not `[n, num_classes]` (another class count than the
+/// session's), `MOTH_STATUS_INVALID_INPUT` for a classifier whose logits do
+/// not depend on its input, `MOTH_STATUS_CALLBACK` (the forward callback
+/// failed, returned detached logits, or stored its own `input` handle),
+/// `MOTH_STATUS_MODEL_OUTPUT` (NaN or infinite logits made the inversion
+/// diverge or would have put non-finite values into the session),
+/// `MOTH_STATUS_INVALID_HANDLE`, `MOTH_STATUS_TORCH`, ...
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_session_harden_batch(
@@ -196,10 +211,10 @@ pub unsafe extern "C" fn moth_session_harden_batch(
     ffi_boundary!("moth_session_harden_batch", session = session, {
         init_out(stamped_out);
         let o = out(stamped_out, "stamped_out")?;
-        let s = arg(session, "session")?;
-        let clf = arg(classifier, "classifier")?;
-        let x = &arg(x, "x")?.tensor;
-        let y = &arg(y, "y")?.tensor;
+        let s = handle(session, "session")?;
+        let clf = handle(classifier, "classifier")?;
+        let x = &handle(x, "x")?.tensor;
+        let y = &handle(y, "y")?.tensor;
         let mut st = s.state.lock()?;
         let mut model = clf.body.lock()?;
         // The inversions need autograd, whatever mode the host's thread is
@@ -227,7 +242,7 @@ pub unsafe extern "C" fn moth_session_last_report(
     ffi_boundary!("moth_session_last_report", session = session, {
         init_out(out_report);
         let o = out(out_report, "out_report")?;
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let st = s.state.lock()?;
         let r = st.last_report.as_ref().ok_or_else(|| {
             FfiError::new(
@@ -278,7 +293,7 @@ pub unsafe extern "C" fn moth_session_report_accuracy(
         init_out(out_verdict);
         init_out(out_drop);
         let o = out(out_verdict, "out_verdict")?;
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let mut st = s.state.lock()?;
         let verdict = st.session.report_accuracy(accuracy)?;
         let (v, drop) = match verdict {
@@ -392,7 +407,7 @@ pub unsafe extern "C" fn moth_session_config_json(
 ) -> moth_status {
     ffi_boundary!("moth_session_config_json", session = session, {
         init_out(needed);
-        let st = arg(session, "session")?.state.lock()?;
+        let st = handle(session, "session")?.state.lock()?;
         write_json(st.session.config(), buf, len, needed)
     })
 }
@@ -409,7 +424,7 @@ pub unsafe extern "C" fn moth_session_matrix(
     len: usize,
 ) -> moth_status {
     ffi_boundary!("moth_session_matrix", session = session, {
-        let st = arg(session, "session")?.state.lock()?;
+        let st = handle(session, "session")?.state.lock()?;
         let sch = st.session.scheduler();
         let m = match which {
             MOTH_MATRIX_UNIV => &sch.univ,
@@ -455,7 +470,7 @@ pub unsafe extern "C" fn moth_session_last_error(
 ) -> moth_status {
     ffi_boundary!("moth_session_last_error", quiet, {
         init_out(needed);
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let msg = s.last_error.lock();
         // SAFETY: forwarded C contract of the buffer arguments.
         unsafe { write_c_string(msg.as_bytes_with_nul(), buf, len, needed) }
@@ -464,7 +479,11 @@ pub unsafe extern "C" fn moth_session_last_error(
 
 /// Sets the session's log callback (NULL removes it); `user_data` is passed
 /// to each call and freed with `free_user_data` (may be NULL) when the
-/// callback is replaced or the session freed. The session sends one info
+/// callback is replaced or the session freed. With `callback == NULL`,
+/// `free_user_data(user_data)` is called at once (when the call succeeds).
+/// Like every callback moth invokes, the log callback runs with the session
+/// locked: a call on the same session from inside it returns
+/// `MOTH_STATUS_BUSY` (`moth_session_last_error` excepted). The session sends one info
 /// line per step, accuracy verdicts, checkpoint saves, and every failed
 /// call's message at error level (flow signals at info level). moth never
 /// installs a process-wide logger.
@@ -477,9 +496,21 @@ pub unsafe extern "C" fn moth_session_set_log_callback(
     free_user_data: moth_free_fn,
 ) -> moth_status {
     ffi_boundary!("moth_session_set_log_callback", session = session, {
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let _st = s.state.lock()?;
-        let sink = callback.map(|f| LogSink::new(f, user_data, free_user_data));
+        let sink = match callback {
+            Some(f) => Some(LogSink::new(f, user_data, free_user_data)),
+            None => {
+                // No callback will ever get `user_data`: it is freed now,
+                // as the header promises.
+                if let Some(free) = free_user_data {
+                    // SAFETY: the caller hands `user_data` over to be freed
+                    // with `free_user_data`.
+                    unsafe { free(user_data) };
+                }
+                None
+            }
+        };
         let old = std::mem::replace(&mut *s.log.lock(), sink);
         // The previous user data is freed here, outside the log mutex.
         drop(old);
@@ -517,7 +548,7 @@ pub unsafe extern "C" fn moth_session_set_cuda_stream(
     cuda_stream: *mut c_void,
 ) -> moth_status {
     ffi_boundary!("moth_session_set_cuda_stream", session = session, {
-        let s = arg(session, "session")?;
+        let s = handle(session, "session")?;
         let mut st = s.state.lock()?;
         let stream = if cuda_stream.is_null() {
             None
@@ -563,7 +594,7 @@ pub(super) fn read_into<T: Zeroable>(
 ) -> FfiResult<()> {
     init_out(out_ptr);
     let o = out(out_ptr, out_name)?;
-    let st = arg(session, "session")?.state.lock()?;
+    let st = handle(session, "session")?.state.lock()?;
     *o = read(&st.session)?;
     Ok(())
 }

@@ -75,10 +75,18 @@ pub enum moth_status {
     /// The operation is not supported by this build or machine (CUDA or
     /// CUDA streams in a process without CUDA).
     Unsupported = -21,
+    /// A handle argument is not a live handle of the expected type: it was
+    /// freed already, or it is a handle of another type (a tensor passed as
+    /// a session). See the header's preamble for what moth cannot detect.
+    InvalidHandle = -22,
+    /// The model's outputs cannot be used: a trigger inversion diverged on
+    /// NaN or infinite logits, or a step would have put non-finite values
+    /// into the session (which is then unchanged).
+    ModelOutput = -23,
 }
 
 /// Every status, for tests and for `moth_status_name`.
-pub(crate) const ALL_STATUSES: [moth_status; 24] = [
+pub(crate) const ALL_STATUSES: [moth_status; 26] = [
     moth_status::Ok,
     moth_status::Done,
     moth_status::AccuracyWanted,
@@ -103,6 +111,8 @@ pub(crate) const ALL_STATUSES: [moth_status; 24] = [
     moth_status::Poisoned,
     moth_status::Busy,
     moth_status::Unsupported,
+    moth_status::InvalidHandle,
+    moth_status::ModelOutput,
 ];
 
 impl moth_status {
@@ -138,6 +148,8 @@ impl moth_status {
             moth_status::Poisoned => b"MOTH_STATUS_POISONED\0",
             moth_status::Busy => b"MOTH_STATUS_BUSY\0",
             moth_status::Unsupported => b"MOTH_STATUS_UNSUPPORTED\0",
+            moth_status::InvalidHandle => b"MOTH_STATUS_INVALID_HANDLE\0",
+            moth_status::ModelOutput => b"MOTH_STATUS_MODEL_OUTPUT\0",
         }
     }
 }
@@ -196,6 +208,7 @@ impl From<Error> for FfiError {
             Error::Io { .. } => moth_status::Io,
             Error::Torch(_) => moth_status::Torch,
             Error::Callback(_) => moth_status::Callback,
+            Error::Model(_) => moth_status::ModelOutput,
             Error::Encode { .. } => moth_status::Format,
         };
         let message = match &e {

@@ -6,7 +6,8 @@ use std::ffi::c_void;
 
 use tch::{Device, Kind, Tensor};
 
-use super::boundary::{arg, from_handle, init_out, into_handle, out, Zeroable};
+use super::boundary::{init_out, out, Zeroable};
+use super::handle::{handle, into_handle, release, Handle};
 use super::status::{moth_status, FfiError, FfiResult};
 use crate::torch::device::cuda_device_count;
 
@@ -52,6 +53,11 @@ unsafe impl Zeroable for moth_device {}
 /// any thread, but not from two threads at once.
 pub struct moth_tensor {
     pub(crate) tensor: Tensor,
+}
+
+impl Handle for moth_tensor {
+    const TAG: u64 = u64::from_be_bytes(*b"mothTENS");
+    const WHAT: &'static str = "tensor";
 }
 
 impl moth_tensor {
@@ -140,9 +146,13 @@ pub fn moth_device_of(d: Device) -> FfiResult<moth_device> {
             type_: MOTH_DEVICE_TYPE_CUDA,
             index: i as i32,
         }),
-        other => Err(FfiError::new(
+        // tch reports every device type other than the CPU, CUDA and
+        // Vulkan as MPS (which a Linux libtorch never has): a meta tensor
+        // too, so the message cannot name it.
+        _ => Err(FfiError::new(
             moth_status::Unsupported,
-            format!("device {other:?} has no moth_device"),
+            "the tensor lives neither on the CPU nor on a CUDA GPU (a meta or \
+             other accelerator tensor), which moth cannot use",
         )),
     }
 }
@@ -311,7 +321,7 @@ pub unsafe extern "C" fn moth_tensor_to_at_tensor(
     ffi_boundary!("moth_tensor_to_at_tensor", {
         init_out(out_at_tensor);
         let o = out(out_at_tensor, "out_at_tensor")?;
-        let t = arg(tensor, "tensor")?;
+        let t = handle(tensor, "tensor")?;
         *o = t.tensor.as_ptr() as *mut c_void;
         Ok(())
     })
@@ -328,7 +338,7 @@ pub unsafe extern "C" fn moth_tensor_copy_to_buffer(
     bytes: usize,
 ) -> moth_status {
     ffi_boundary!("moth_tensor_copy_to_buffer", {
-        let t = &arg(tensor, "tensor")?.tensor;
+        let t = &handle(tensor, "tensor")?.tensor;
         if out_data.is_null() {
             return Err(FfiError::null("out_data"));
         }
@@ -368,7 +378,7 @@ pub unsafe extern "C" fn moth_tensor_shape(
     ffi_boundary!("moth_tensor_shape", {
         init_out(out_ndim);
         let nd = out(out_ndim, "out_ndim")?;
-        let t = &arg(tensor, "tensor")?.tensor;
+        let t = &handle(tensor, "tensor")?.tensor;
         let dims = t.size();
         *nd = dims.len();
         if capacity < dims.len() {
@@ -402,7 +412,7 @@ pub unsafe extern "C" fn moth_tensor_dtype(
     ffi_boundary!("moth_tensor_dtype", {
         init_out(out_dtype);
         let o = out(out_dtype, "out_dtype")?;
-        let t = &arg(tensor, "tensor")?.tensor;
+        let t = &handle(tensor, "tensor")?.tensor;
         *o = dtype_of(t.f_kind()?)?;
         Ok(())
     })
@@ -418,7 +428,7 @@ pub unsafe extern "C" fn moth_tensor_device(
     ffi_boundary!("moth_tensor_device", {
         init_out(out_device);
         let o = out(out_device, "out_device")?;
-        let t = &arg(tensor, "tensor")?.tensor;
+        let t = &handle(tensor, "tensor")?.tensor;
         *o = moth_device_of(t.device())?;
         Ok(())
     })
@@ -430,8 +440,7 @@ pub unsafe extern "C" fn moth_tensor_device(
 #[no_mangle]
 pub unsafe extern "C" fn moth_tensor_free(tensor: *mut moth_tensor) {
     ffi_boundary!("moth_tensor_free", void, {
-        // SAFETY: NULL or a handle made by moth (C contract).
-        drop(unsafe { from_handle(tensor) });
+        drop(release(tensor, "tensor")?);
         Ok(())
     })
 }

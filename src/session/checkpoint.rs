@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::algo::bounds::Bounds;
 use crate::algo::cache::TriggerCache;
@@ -104,9 +104,17 @@ fn checked_trigger(t: Trigger, spec: &SessionSpec) -> Result<Trigger> {
     Trigger::new(t.mask, t.pattern).map_err(|e| Error::Checkpoint(format!("cached trigger: {e}")))
 }
 
-/// A decoded period pair, checked: two classes of the session, finite
-/// sizes, valid triggers.
-fn checked_period(p: Period, spec: &SessionSpec) -> Result<Period> {
+/// A trigger the session holds, checked like a decoded one.
+fn check_trigger(t: &Trigger, spec: &SessionSpec) -> Result<()> {
+    let view = Trigger {
+        mask: t.mask.shallow_clone(),
+        pattern: t.pattern.shallow_clone(),
+    };
+    checked_trigger(view, spec).map(drop)
+}
+
+/// A period's pair names two classes of the session; its sizes are finite.
+fn check_period_values(p: &Period, spec: &SessionSpec) -> Result<()> {
     let n = spec.num_classes;
     let Pair { source, target } = p.pair;
     if source >= n || target >= n || source == target {
@@ -117,6 +125,13 @@ fn checked_period(p: Period, spec: &SessionSpec) -> Result<Period> {
     if p.sizes.iter().flatten().any(|v| !v.is_finite()) {
         return Err(bad("period sizes hold a non-finite value"));
     }
+    Ok(())
+}
+
+/// A decoded period pair, checked: two classes of the session, finite
+/// sizes, valid triggers.
+fn checked_period(p: Period, spec: &SessionSpec) -> Result<Period> {
+    check_period_values(&p, spec)?;
     let [a, b] = p.init;
     let check = |t: Option<Trigger>| t.map(|t| checked_trigger(t, spec)).transpose();
     Ok(Period {
@@ -244,18 +259,24 @@ fn check_phase(phase: &Phase, n: usize) -> Result<()> {
     }
 }
 
-/// The period's pairs: disjoint, no more than configured, the phase's pair
-/// first (and none outside orthogonalisation).
+/// The decoded period pairs, each checked, and checked as a set.
 fn restore_periods(saved: &mut SavedSession, spec: &SessionSpec) -> Result<Vec<Period>> {
     let periods = std::mem::take(&mut saved.periods)
         .into_iter()
         .map(|p| checked_period(p, spec))
         .collect::<Result<Vec<_>>>()?;
-    if periods.len() > saved.config.pairs_per_step {
+    check_period_set(&periods, saved.phase, &saved.config)?;
+    Ok(periods)
+}
+
+/// The period's pairs: disjoint, no more than configured, the phase's pair
+/// first (and none outside orthogonalisation).
+fn check_period_set(periods: &[Period], phase: Phase, config: &SessionConfig) -> Result<()> {
+    if periods.len() > config.pairs_per_step {
         return Err(bad(format!(
             "{} pairs in the period, the configuration allows {}",
             periods.len(),
-            saved.config.pairs_per_step
+            config.pairs_per_step
         )));
     }
     for (i, a) in periods.iter().enumerate() {
@@ -264,14 +285,106 @@ fn restore_periods(saved: &mut SavedSession, spec: &SessionSpec) -> Result<Vec<P
         }
     }
     let lead = periods.first().map(|p| p.pair);
-    match saved.phase {
+    match phase {
         Phase::Orthogonalize { pair, .. } if lead != Some(pair) => {
             Err(bad("the period does not start with the phase's pair"))
         }
         // A session that finished keeps the pairs of its last period.
-        Phase::Orthogonalize { .. } | Phase::Done { .. } => Ok(periods),
-        _ if periods.is_empty() => Ok(periods),
+        Phase::Orthogonalize { .. } | Phase::Done { .. } => Ok(()),
+        _ if periods.is_empty() => Ok(()),
         _ => Err(bad("period pairs outside orthogonalisation")),
+    }
+}
+
+fn check_bounds(bounds: &Bounds, n: usize) -> Result<()> {
+    if bounds.per_pair.len() != n || bounds.per_pair.iter().any(|r| r.len() != n) {
+        return Err(bad(format!("bounds are not {n}x{n}")));
+    }
+    let mut values = bounds.per_pair.iter().flatten().chain([&bounds.cap]);
+    if values.any(|b| !b.is_finite()) {
+        return Err(bad("bounds hold a non-finite value"));
+    }
+    Ok(())
+}
+
+fn check_cache_entry(v: usize, t: usize, size: f64, n: usize) -> Result<()> {
+    if v >= n || t >= n || v == t || !size.is_finite() || size < 0.0 {
+        return Err(bad(format!(
+            "cache entry ({v} -> {t}, size {size}) is invalid"
+        )));
+    }
+    Ok(())
+}
+
+fn check_universal_class(t: usize, n: usize) -> Result<()> {
+    if t >= n {
+        return Err(bad(format!("universal trigger for class {t} of {n}")));
+    }
+    Ok(())
+}
+
+fn check_pool(pool: &[Tensor], spec: &SessionSpec) -> Result<()> {
+    let n = spec.num_classes;
+    if pool.len() != n {
+        return Err(bad(format!(
+            "warm-up pool has {} classes, expected {n}",
+            pool.len()
+        )));
+    }
+    let [c, h, w] = spec.input_shape;
+    for t in pool {
+        let s = t.size();
+        if s.len() != 4 || s[1..] != [c, h, w] || t.kind() != tch::Kind::Float {
+            return Err(bad(format!(
+                "warm-up pool tensor {s:?} does not hold [k, {c}, {h}, {w}] floats"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_accuracy(acc: &AccuracyState) -> Result<()> {
+    if [acc.baseline, acc.last]
+        .iter()
+        .flatten()
+        .any(|a| !(0.0..=1.0).contains(a))
+    {
+        return Err(bad("stored accuracies are outside [0, 1]"));
+    }
+    Ok(())
+}
+
+impl State {
+    /// Checks what loading a checkpoint checks, on a state in memory. A step
+    /// runs it on its new state before committing it, so that a step never
+    /// makes a session that saves but does not load (NaN from a model in the
+    /// scheduler's matrices, say).
+    pub(super) fn check_invariants(
+        &self,
+        config: &SessionConfig,
+        spec: &SessionSpec,
+    ) -> Result<()> {
+        let n = spec.num_classes;
+        check_phase(&self.phase, n)?;
+        self.scheduler.validate(n)?;
+        check_bounds(&self.bounds, n)?;
+        for (&(v, t), (size, trigger)) in self.cache.iter() {
+            check_cache_entry(v, t, *size, n)?;
+            check_trigger(trigger, spec)?;
+        }
+        for (&t, trigger) in &self.universal {
+            check_universal_class(t, n)?;
+            check_trigger(trigger, spec)?;
+        }
+        check_pool(&self.pool.0, spec)?;
+        for p in &self.periods {
+            check_period_values(p, spec)?;
+            for t in p.init.iter().flatten() {
+                check_trigger(t, spec)?;
+            }
+        }
+        check_period_set(&self.periods, self.phase, config)?;
+        check_accuracy(&self.accuracy)
     }
 }
 
@@ -285,9 +398,7 @@ fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Ses
     let n = spec.num_classes;
     check_phase(&saved.phase, n)?;
     saved.scheduler.validate(n)?;
-    if saved.bounds.per_pair.len() != n || saved.bounds.per_pair.iter().any(|r| r.len() != n) {
-        return Err(bad(format!("bounds are not {n}x{n}")));
-    }
+    check_bounds(&saved.bounds, n)?;
     let env = RunEnvironment::current();
     let diffs = saved.environment.differences(&env);
     let environment = saved.environment.clone();
@@ -299,50 +410,22 @@ fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Ses
     }
     let mut cache = TriggerCache::new();
     for (v, t, size, trig) in std::mem::take(&mut saved.cache) {
-        if v >= n || t >= n || v == t || !size.is_finite() || size < 0.0 {
-            return Err(bad(format!(
-                "cache entry ({v} -> {t}, size {size}) is invalid"
-            )));
-        }
+        check_cache_entry(v, t, size, n)?;
         cache.put(v, t, checked_trigger(trig, &spec)?, size);
     }
     let mut universal = BTreeMap::new();
     for (t, trig) in std::mem::take(&mut saved.universal) {
-        if t >= n {
-            return Err(bad(format!("universal trigger for class {t} of {n}")));
-        }
+        check_universal_class(t, n)?;
         universal.insert(t, checked_trigger(trig, &spec)?);
-    }
-    let [c, h, w] = spec.input_shape;
-    if saved.pool.len() != n {
-        return Err(bad(format!(
-            "warm-up pool has {} classes, expected {n}",
-            saved.pool.len()
-        )));
     }
     let pool = saved
         .pool
         .iter()
-        .map(|p| {
-            let t = p.to_tensor(Device::Cpu)?;
-            let s = t.size();
-            if s.len() != 4 || s[1..] != [c, h, w] || t.kind() != tch::Kind::Float {
-                return Err(bad(format!(
-                    "warm-up pool tensor {s:?} does not hold [k, {c}, {h}, {w}] floats"
-                )));
-            }
-            Ok(t)
-        })
+        .map(|p| p.to_tensor(Device::Cpu))
         .collect::<Result<Vec<_>>>()?;
+    check_pool(&pool, &spec)?;
     let periods = restore_periods(&mut saved, &spec)?;
-    let acc = &saved.accuracy;
-    if [acc.baseline, acc.last]
-        .iter()
-        .flatten()
-        .any(|a| !(0.0..=1.0).contains(a))
-    {
-        return Err(bad("stored accuracies are outside [0, 1]"));
-    }
+    check_accuracy(&saved.accuracy)?;
     let state = State {
         phase: saved.phase,
         step: saved.step,

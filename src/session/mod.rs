@@ -326,7 +326,8 @@ impl Session {
     /// Runs one hardening step on the batch `x` (`[n, C, H, W]` floats in
     /// `[0,1]`) with labels `y` (`[n]` integers): the phase's inversion on
     /// `model` (in eval mode), then stamping. Returns the inputs to train on
-    /// with the unchanged labels `y`. On error the session is unchanged.
+    /// (same device, shape and element type as `x`) with the unchanged
+    /// labels `y`. On error the session is unchanged.
     pub fn harden_batch(
         &mut self,
         model: &mut dyn Classifier,
@@ -353,10 +354,14 @@ impl Session {
         let xd = x.f_to_device(device)?.f_to_kind(Kind::Float)?;
         next.add_to_pool(&self.config, x, &labels)?;
         let phase = next.phase;
+        let mut checked = validate::CheckedModel {
+            inner: model,
+            num_classes: self.spec.num_classes,
+        };
         let mut ctx = StepContext {
             cfg: &self.config,
             spec: self.spec,
-            model,
+            model: &mut checked,
             x: &xd,
             labels: &labels,
             stamped: xd.f_detach()?.copy(),
@@ -385,7 +390,17 @@ impl Session {
             seconds: 0.0,
         };
         next.finish_step(&self.config);
-        let inputs = stamped.f_to_device(x.device())?;
+        next.check_invariants(&self.config, &self.spec)
+            .map_err(|e| {
+                Error::Model(format!(
+                    "the step would leave the session in a state that no checkpoint may hold \
+                 ({}); the session is unchanged",
+                    checkpoint_detail(e)
+                ))
+            })?;
+        // The caller gets its own element type back (a float64 or half batch
+        // is worked on as float32).
+        let inputs = stamped.f_to_device(x.device())?.f_to_kind(x.kind())?;
         self.state = next;
         Ok(Hardened {
             inputs,
@@ -410,5 +425,14 @@ impl Session {
             )));
         }
         stream.enter().map(Some)
+    }
+}
+
+/// The reason of a failed invariant check, without the "checkpoint
+/// rejected" prefix (no checkpoint is involved in a step).
+fn checkpoint_detail(e: Error) -> String {
+    match e {
+        Error::Checkpoint(m) => m,
+        other => other.to_string(),
     }
 }

@@ -1,9 +1,11 @@
-//! Checks of what a caller hands a session: batches and labels.
+//! Checks of what a caller hands a session: batches, labels, and the
+//! outputs of its model.
 
 use tch::{Device, Kind, Tensor};
 
 use super::{SessionSpec, MAX_CLASSES};
 use crate::error::InputKind;
+use crate::torch::model::Classifier;
 use crate::{Error, Result};
 
 /// The most input values (`C * H * W`) a session accepts: triggers and
@@ -108,6 +110,41 @@ impl SessionSpec {
             ));
         }
         Ok(labels)
+    }
+}
+
+/// The caller's model as a step sees it: every forward pass must return
+/// `[n, num_classes]` logits for `n` inputs. A model for another class
+/// count would otherwise fail inside libtorch (a target beyond its logits)
+/// or, with more logits, be hardened against the wrong classes.
+pub(super) struct CheckedModel<'a> {
+    pub(super) inner: &'a mut dyn Classifier,
+    pub(super) num_classes: usize,
+}
+
+impl Classifier for CheckedModel<'_> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.inner.forward(x)?;
+        let (n, k) = (x.size().first().copied().unwrap_or(0), self.num_classes);
+        let got = logits.size();
+        if got != [n, k as i64] {
+            return Err(Error::input_of(
+                InputKind::WrongShape,
+                format!(
+                    "the model returned logits of shape {got:?} for {n} inputs; the session \
+                     was made for {k} classes, so they must be [{n}, {k}]"
+                ),
+            ));
+        }
+        Ok(logits)
+    }
+
+    fn set_train(&mut self, train: bool) -> Result<()> {
+        self.inner.set_train(train)
+    }
+
+    fn device(&self) -> Device {
+        self.inner.device()
     }
 }
 

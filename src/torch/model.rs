@@ -24,6 +24,25 @@ pub trait Classifier {
     fn device(&self) -> Device;
 }
 
+/// Fails with an I/O error when the folder `path` would be written in does
+/// not exist (libtorch reports that as a failure of its own, with a C++
+/// backtrace).
+fn check_folder_of(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    let writing = || format!("writing {}", path.display());
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(writing(), e))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            writing(),
+            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    Ok(())
+}
+
 /// The built-in architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Arch {
@@ -260,9 +279,14 @@ impl Model {
     /// (normalisation belongs inside the module). The class count is read
     /// from one probe forward pass.
     pub fn torchscript(path: &Path, input_shape: [i64; 3], device: Device) -> Result<Self> {
-        // libtorch would report a missing file as a parse error.
-        std::fs::File::open(path)
-            .map_err(|e| Error::io(format!("opening TorchScript model {}", path.display()), e))?;
+        // libtorch would report a missing file, or a folder, as a parse error.
+        let opening = || format!("opening TorchScript model {}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(opening(), e))?;
+        if meta.is_dir() {
+            let e = std::io::Error::from_raw_os_error(libc::EISDIR);
+            return Err(Error::io(opening(), e));
+        }
+        std::fs::File::open(path).map_err(|e| Error::io(opening(), e))?;
         let vs = nn::VarStore::new(device);
         let module = tch::TrainableCModule::load(path, vs.root()).map_err(|e| {
             Error::format(
@@ -331,9 +355,13 @@ impl Model {
     /// Python with `torch.jit.load`), built-in models as a moth model file.
     pub fn save(&self, path: &Path, classes: &[String]) -> Result<()> {
         match &self.body {
-            Body::Script(m) => m
-                .save(path)
-                .map_err(|e| Error::format(path, format!("cannot save TorchScript module: {e}"))),
+            Body::Script(m) => {
+                check_folder_of(path)?;
+                m.save(path).map_err(|e| {
+                    let why = crate::error::torch_message(&e);
+                    Error::format(path, format!("cannot save TorchScript module: {why}"))
+                })
+            }
             Body::Builtin(arch, _) => {
                 let saved = SavedModel {
                     arch: *arch,
