@@ -31,7 +31,8 @@ pub struct RunConfig {
     pub batch: usize,
     /// Training optimiser (reference: SGD lr 1e-4, momentum 0.9, Nesterov).
     pub optimizer: OptimizerConfig,
-    /// Held-out samples used for the periodic accuracy checks.
+    /// Held-out samples used for the periodic accuracy checks: the first
+    /// `heldout` test images (`usize::MAX`: all of them).
     pub heldout: usize,
 }
 
@@ -55,7 +56,16 @@ impl RunConfig {
             },
             batch: 128,
             optimizer: OptimizerConfig::hardening(),
-            heldout: 2000,
+            // The reference checks its bound on the first 2000 test images
+            // (and keeps its numbers). The default preset spends its whole
+            // 1-point budget, where the sampling noise of 2000 images (about
+            // 0.7 points) let the final model miss the bound on the full
+            // test set (-1.03 and -1.18 points measured): it checks on all
+            // of it, a second or two per check.
+            heldout: match preset {
+                Preset::Reference => 2000,
+                Preset::Default => usize::MAX,
+            },
         }
     }
 }
@@ -385,5 +395,21 @@ impl TimeSplit {
             t.training += (r.seconds - r.harden_seconds).max(0.0);
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_preset_judges_its_accuracy_bound_on_the_whole_test_set() {
+        let whole = 10_000;
+        assert_eq!(
+            RunConfig::for_preset(Preset::Default).heldout.min(whole),
+            whole
+        );
+        assert_eq!(RunConfig::default().heldout.min(whole), whole);
+        assert_eq!(RunConfig::for_preset(Preset::Reference).heldout, 2000);
     }
 }
