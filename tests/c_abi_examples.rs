@@ -17,35 +17,8 @@ use native::*;
 fn c_example() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let lib = libmoth();
         let bin = work_dir().join("harden");
-        let sources = [
-            root().join("examples/c/harden.c"),
-            root().join("include/moth.h"),
-            lib.clone(),
-        ];
-        if mtime(&bin) > newest(&sources) {
-            return bin;
-        }
-        let (ok, out, err) = run(Command::new("gcc")
-            .args([
-                "-std=c99",
-                "-Wall",
-                "-Wextra",
-                "-Wpedantic",
-                "-Werror",
-                "-O1",
-                "-g",
-            ])
-            .arg(root().join("examples/c/harden.c"))
-            .arg("-I")
-            .arg(root().join("include"))
-            .arg("-L")
-            .arg(lib.parent().unwrap())
-            .arg(format!("-Wl,-rpath,{}", lib.parent().unwrap().display()))
-            .args(["-lmoth", "-lz", "-o"])
-            .arg(&bin));
-        assert!(ok, "compiling examples/c/harden.c failed:\n{out}{err}");
+        compile_c(&root().join("examples/c/harden.c"), &bin, &[], &["-lz"]);
         bin
     })
     .clone()

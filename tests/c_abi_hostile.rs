@@ -339,32 +339,8 @@ fn libmoth_exports_the_c_api_and_nothing_else() {
 /// Compiles tests/c/hostile.c with `flags`, into `name` (cached on the
 /// sources' and the library's mtimes).
 fn hostile_program(name: &str, flags: &[&str]) -> PathBuf {
-    let lib = libmoth();
     let bin = scratch_dir("c_abi_hostile").join(name);
-    let src = root().join("tests/c/hostile.c");
-    if mtime(&bin) > newest(&[src.clone(), root().join("include/moth.h"), lib.clone()]) {
-        return bin;
-    }
-    let (ok, out, err) = run(Command::new("gcc")
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-O1",
-            "-g",
-        ])
-        .args(flags)
-        .arg(&src)
-        .arg("-I")
-        .arg(root().join("include"))
-        .arg("-L")
-        .arg(lib.parent().unwrap())
-        .arg(format!("-Wl,-rpath,{}", lib.parent().unwrap().display()))
-        .args(["-lmoth", "-o"])
-        .arg(&bin));
-    assert!(ok, "compiling tests/c/hostile.c failed:\n{out}{err}");
+    compile_c(&root().join("tests/c/hostile.c"), &bin, flags, &[]);
     bin
 }
 

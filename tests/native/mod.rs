@@ -161,3 +161,42 @@ pub fn example_model() -> PathBuf {
         })
         .clone()
 }
+
+/// Compiles the C program `src` against include/moth.h and `libmoth.so`
+/// (strict C99, warnings are errors, `-O1 -g`, an rpath to the library)
+/// into `bin`, with `flags` before the source and `libs` after `-lmoth`.
+/// Skipped when `bin` is newer than the source, the header and the library.
+pub fn compile_c(src: &Path, bin: &Path, flags: &[&str], libs: &[&str]) {
+    let lib = libmoth();
+    let inputs = [
+        src.to_path_buf(),
+        root().join("include/moth.h"),
+        lib.clone(),
+    ];
+    if mtime(bin) > newest(&inputs) {
+        return;
+    }
+    let lib_dir = lib.parent().unwrap();
+    let (ok, out, err) = run(Command::new("gcc")
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-O1",
+            "-g",
+        ])
+        .args(flags)
+        .arg(src)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-L")
+        .arg(lib_dir)
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-lmoth")
+        .args(libs)
+        .arg("-o")
+        .arg(bin));
+    assert!(ok, "compiling {} failed:\n{out}{err}", src.display());
+}
