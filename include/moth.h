@@ -114,6 +114,11 @@ enum moth_status
      */
     MOTH_STATUS_ACCURACY_WANTED = 2,
     /**
+     * Flow signal: the caller's progress callback asked the computation
+     * to stop (`moth_distance_measure`); nothing was produced.
+     */
+    MOTH_STATUS_CANCELLED = 3,
+    /**
      * A required pointer argument was NULL.
      */
     MOTH_STATUS_NULL_POINTER = -1,
@@ -386,6 +391,22 @@ typedef struct moth_classifier moth_classifier;
 typedef struct moth_config moth_config;
 
 /**
+ * A distance protocol (opaque): samples per class, inversion steps, seeds,
+ * initial cost, ASR bound and the inversion optimiser. Create with
+ * `moth_distance_config_new`, free with `moth_distance_config_free`. Not
+ * thread-safe (one thread at a time); a measurement copies it.
+ */
+typedef struct moth_distance_config moth_distance_config;
+
+/**
+ * The result of a measurement (opaque): the directed distance matrix, the
+ * protocol and the smallest trigger of every measured direction that
+ * reached the ASR bound. Free with `moth_distance_result_free`. Read-only,
+ * so it may be read from several threads at once.
+ */
+typedef struct moth_distance_result moth_distance_result;
+
+/**
  * A hardening session (opaque). Create with `moth_session_new` or
  * `moth_session_load`, free with `moth_session_free`. Thread safety: a
  * session may be used from any thread; concurrent calls on one session are
@@ -402,6 +423,15 @@ typedef struct moth_session moth_session;
  * any thread, but not from two threads at once.
  */
 typedef struct moth_tensor moth_tensor;
+
+/**
+ * A trainer (opaque): moth's optimiser bound to one TorchScript
+ * classifier, which must outlive it (a step after the classifier was freed
+ * gives `MOTH_STATUS_INVALID_HANDLE`). Create with `moth_trainer_new` or
+ * `moth_trainer_load`, free with `moth_trainer_free`. Calls on one trainer
+ * are serialised by its mutex.
+ */
+typedef struct moth_trainer moth_trainer;
 
 /**
  * Kind of device: one of the `MOTH_DEVICE_TYPE_*` values.
@@ -461,6 +491,59 @@ typedef int32_t (*moth_set_train_fn)(void *user_data, bool train);
  * replaced, or its session or classifier was freed).
  */
 typedef void (*moth_free_fn)(void *user_data);
+
+/**
+ * Progress callback of `moth_distance_measure`: `done` of `total` directed
+ * pairs are measured (counted over all seeds; called after each source
+ * class of each seed). Return 0 to go on, any other value to stop: the
+ * measurement then returns `MOTH_STATUS_CANCELLED` and no result. Called
+ * on the measuring thread with the classifier locked: call no moth
+ * function on that classifier from inside it (`MOTH_STATUS_BUSY`).
+ */
+typedef int32_t (*moth_distance_progress_fn)(void *user_data, size_t done, size_t total);
+
+/**
+ * Host forward callback: write the logits of the `n` inputs at `input`
+ * into `logits_out`, row-major `[n, num_classes]` (`logits_out[i *
+ * num_classes + k]` is input `i`'s logit for class `k`; `n * num_classes`
+ * floats). `input` holds `n * c * h * w` floats in `[0, 1]`, NCHW
+ * row-major (`input[((i * c + ch) * h + y) * w + x]`); a Julia
+ * `Array{Float32,4}` of size `(w, h, c, n)` (Flux's WHCN layout) is the
+ * same memory, so `unsafe_wrap(Array, input, (w, h, c, n))` reads it with
+ * no copy. Both buffers belong to moth and are valid only during the call:
+ * copy what you keep. Return 0, or non-zero to fail
+ * (`MOTH_STATUS_CALLBACK`; `moth_callback_set_error` first says why).
+ * Called on the thread that called moth, with the classifier locked; it
+ * must not unwind or throw, and may call only `moth_callback_set_error`.
+ */
+typedef int32_t (*moth_host_forward_fn)(void *user_data,
+                                        const float *input,
+                                        size_t n,
+                                        size_t c,
+                                        size_t h,
+                                        size_t w,
+                                        float *logits_out,
+                                        size_t num_classes);
+
+/**
+ * Host input-gradient callback (a vector-Jacobian product): for the `n`
+ * inputs at `input` (layout as `moth_host_forward_fn`) and the gradient
+ * `grad_logits` of moth's loss with respect to their logits (`[n,
+ * num_classes]` row-major), write `dL/dinput = J(input)^T grad_logits`
+ * into `grad_input` (`n * c * h * w` floats, the layout of `input`). The
+ * model is in evaluation mode; compute the gradient of the forward pass
+ * as `moth_host_forward_fn` computes it for the same input. Buffers,
+ * status and threading as for `moth_host_forward_fn`.
+ */
+typedef int32_t (*moth_host_input_grad_fn)(void *user_data,
+                                           const float *input,
+                                           size_t n,
+                                           size_t c,
+                                           size_t h,
+                                           size_t w,
+                                           const float *grad_logits,
+                                           size_t num_classes,
+                                           float *grad_input);
 
 /**
  * A session phase.
@@ -865,9 +948,10 @@ moth_status moth_config_set_double(moth_config *config,
 MOTH_MUST_USE moth_status moth_config_set_preset(moth_config *config, const char *preset);
 
 /**
- * Sets a string setting by its dotted key, e.g. `"method"` (`"Moth"`,
- * `"Universal"`, `"Pairwise"`, `"Asymmetric"`) or `"bounds.mode"`
- * (`"Fixed"`, `"Growing"`), spelled as `moth_config_to_json` prints them.
+ * Sets a string setting by its dotted key: `"method"` (`"moth"`,
+ * `"universal"`, `"pairwise"`, `"asymmetric"`, as the CLI's `--method`
+ * spells them) or `"bounds.mode"` (`"fixed"`, `"growing"`). Names are
+ * case-insensitive (`moth_config_to_json` prints them capitalised, `"Moth"`).
  */
 MOTH_MUST_USE
 moth_status moth_config_set_string(moth_config *config,
@@ -885,6 +969,220 @@ moth_status moth_config_to_json(const moth_config *config,
                                 char *buf,
                                 size_t len,
                                 size_t *needed);
+
+/**
+ * Creates a protocol from a preset: `"quick"` (32 samples per class, 200
+ * steps, seed 0: the CLI's CPU default), `"confirm"` (64 samples, 600
+ * steps, seeds 0 and 1) or `"paper"` (100 samples, 1000 steps, seeds 0, 1,
+ * 2: the CUDA default). All use initial cost 1e-3 and ASR bound 0.9, as
+ * `moth distance --protocol NAME` does. `MOTH_STATUS_INVALID_CONFIG` for
+ * another name.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_new(const char *preset,
+                                     moth_distance_config **out_config);
+
+/**
+ * Frees a protocol. `moth_distance_config_free(NULL)` does nothing.
+ */
+void moth_distance_config_free(moth_distance_config *config);
+
+/**
+ * Sets the samples inverted per source class (`moth distance --samples`),
+ * at least 1.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_samples(moth_distance_config *config,
+                                             size_t samples_per_class);
+
+/**
+ * Sets the inversion steps per direction (`moth distance --steps`), at
+ * least 1.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_steps(moth_distance_config *config,
+                                           size_t steps);
+
+/**
+ * Sets the seeds (`moth distance --seeds`): `seeds[0..count]`, at least
+ * one. Each seed is a full measurement; a distance is the smallest over
+ * the seeds that reached the bound.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_seeds(moth_distance_config *config,
+                                           const uint64_t *seeds,
+                                           size_t count);
+
+/**
+ * Sets the initial weight of the mask-size term of every inversion
+ * (`>= 0`; the presets use 1e-3).
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_init_cost(moth_distance_config *config,
+                                               double init_cost);
+
+/**
+ * Sets the attack success rate a trigger must reach to count (in
+ * `[0, 1]`; the presets use 0.9).
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_asr_bound(moth_distance_config *config,
+                                               double asr_bound);
+
+/**
+ * Merges a JSON object into the protocol, in the form
+ * `moth_distance_config_to_json` prints (for example
+ * `{"inversion": {"lr": 0.05}}`); unknown keys, wrong types and
+ * out-of-range values give `MOTH_STATUS_INVALID_CONFIG` and leave it
+ * unchanged.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_set_json(moth_distance_config *config,
+                                          const char *json);
+
+/**
+ * Writes the whole protocol as a JSON object into `buf` (buffer rules as
+ * `moth_config_to_json`: `*needed` is the size with the NUL; pass
+ * `buf = NULL, len = 0` to ask).
+ */
+MOTH_MUST_USE
+moth_status moth_distance_config_to_json(const moth_distance_config *config,
+                                         char *buf,
+                                         size_t len,
+                                         size_t *needed);
+
+/**
+ * Measures class distances of `classifier` (TorchScript, tensor callback
+ * or host-buffer callbacks) with the protocol `config`, exactly as
+ * `moth distance` does (the same core function; the same protocol, seeds
+ * and samples in the same order give the same matrix, bit for bit on the
+ * CPU).
+ *
+ * Samples: `images` `[n, C, H, W]` floating-point pixels in `[0, 1]`
+ * (NCHW, row-major; a Julia `Array{Float32,4}` of size `(W, H, C, n)` is
+ * this memory), `labels` `[n]` integers in `[0, num_classes)`. For each
+ * seed and source class, `samples_per_class` of that class's images are
+ * drawn (a seeded shuffle of their positions in `images`). Both tensors
+ * stay the caller's. The classifier must return `[k, num_classes]` logits
+ * (`MOTH_STATUS_WRONG_SHAPE` otherwise).
+ *
+ * Pairs: `pairs` holds `num_pairs` directed pairs as `(source, target)`
+ * index couples (`2 * num_pairs` values); NULL with `num_pairs == 0`
+ * measures the full matrix. Every class with a chosen pair as source needs
+ * at least one sample. A pair's value depends on which other targets of
+ * the same source are chosen (they are inverted together), never on other
+ * sources.
+ *
+ * `progress` (may be NULL) is called with `user_data` after each source
+ * class of each seed; a non-zero return stops with
+ * `MOTH_STATUS_CANCELLED`. On success `*out_result` receives a new result
+ * (free it with `moth_distance_result_free`). The classifier is put in
+ * evaluation mode and stays locked for the whole measurement.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_measure(moth_classifier *classifier,
+                                  const moth_distance_config *config,
+                                  const moth_tensor *images,
+                                  const moth_tensor *labels,
+                                  size_t num_classes,
+                                  const size_t *pairs,
+                                  size_t num_pairs,
+                                  moth_distance_progress_fn progress,
+                                  void *user_data,
+                                  moth_distance_result **out_result);
+
+/**
+ * Frees a result. `moth_distance_result_free(NULL)` does nothing.
+ */
+void moth_distance_result_free(moth_distance_result *result);
+
+/**
+ * Writes the number of classes `N` of the matrix.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_result_num_classes(const moth_distance_result *result,
+                                             size_t *out_num_classes);
+
+/**
+ * Copies the `N x N` matrix, row-major, into `out_values` of `len` doubles
+ * (at least `N * N`, else `MOTH_STATUS_BUFFER_TOO_SMALL`):
+ * `out_values[a * N + b]` is the distance `a -> b`, the size
+ * `C * sum(mask)` of the smallest trigger that flips class `a` to `b` at
+ * the ASR bound. 0 on the diagonal, for pairs not measured, and for pairs
+ * whose inversion never reached the bound (`moth_distance_result_trigger`
+ * tells these apart).
+ */
+MOTH_MUST_USE
+moth_status moth_distance_result_matrix(const moth_distance_result *result,
+                                        double *out_values,
+                                        size_t len);
+
+/**
+ * Writes the `[C, H, W]` input shape the triggers are for.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_result_input_shape(const moth_distance_result *result,
+                                             int64_t *out_c,
+                                             int64_t *out_h,
+                                             int64_t *out_w);
+
+/**
+ * Copies the smallest trigger found for `source -> target`: `*out_found`
+ * is false (buffers untouched) when the pair was not measured or never
+ * reached the ASR bound. Otherwise `mask` receives `H * W` floats (the
+ * `[1, H, W]` mask in `[0, 1]`, row-major) and `pattern` `C * H * W` floats
+ * (the `[C, H, W]` pattern in `[0, 1]`, NCHW order); a stamped image is
+ * `(1 - mask) * x + mask * pattern`. `mask_len` and `pattern_len` count
+ * floats (`MOTH_STATUS_BUFFER_TOO_SMALL` when short); either buffer may be
+ * NULL, with length 0, to skip it. `MOTH_STATUS_INVALID_ARGUMENT` for a
+ * class index `>= N`.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_result_trigger(const moth_distance_result *result,
+                                         size_t source,
+                                         size_t target,
+                                         float *mask,
+                                         size_t mask_len,
+                                         float *pattern,
+                                         size_t pattern_len,
+                                         bool *out_found);
+
+/**
+ * Writes the result as JSON into `buf` (buffer rules as
+ * `moth_config_to_json`), in the form of the `distances.json` that
+ * `moth distance` writes: `classes`, `values` (rows = source), `failed`
+ * (measured pairs that never reached the bound), `protocol` (its one-line
+ * description) and `seconds`.
+ */
+MOTH_MUST_USE
+moth_status moth_distance_result_to_json(const moth_distance_result *result,
+                                         char *buf,
+                                         size_t len,
+                                         size_t *needed);
+
+/**
+ * Creates a classifier from host-buffer callbacks, for a model of any
+ * framework (Julia/Flux with Zygote, JAX, ONNX Runtime, hand-written C):
+ * `forward` computes logits, `input_grad` the gradient of a loss with
+ * respect to the inputs given its gradient with respect to the logits
+ * (both required; see `moth_host_forward_fn` and
+ * `moth_host_input_grad_fn` for the buffer layouts). `set_train` may be
+ * NULL. `num_classes` (at least 2) is the width of the logits. moth calls
+ * them on the CPU: inversion asks for one forward and one input gradient
+ * per mini-batch. Training such a model is the caller's own (moth hands
+ * out the stamped batch; `moth_trainer_*` trains TorchScript models only).
+ * `user_data` is passed to every callback and freed with `free_user_data`
+ * (may be NULL) when the classifier is freed; when this call fails, the
+ * caller keeps it. Free the classifier with `moth_classifier_free`.
+ */
+MOTH_MUST_USE
+moth_status moth_classifier_from_host(moth_host_forward_fn forward,
+                                      moth_host_input_grad_fn input_grad,
+                                      moth_set_train_fn set_train,
+                                      void *user_data,
+                                      moth_free_fn free_user_data,
+                                      size_t num_classes,
+                                      moth_classifier **out_classifier);
 
 /**
  * Creates a session for a model with `num_classes` classes and inputs of
@@ -1200,6 +1498,89 @@ MOTH_MUST_USE moth_status moth_tensor_device(const moth_tensor *tensor, moth_dev
  * `moth_tensor_free(NULL)` does nothing.
  */
 void moth_tensor_free(moth_tensor *tensor);
+
+/**
+ * Creates a trainer for the TorchScript `classifier` (see
+ * `moth_classifier_from_torchscript`). `optimizer` names the optimiser:
+ * NULL or `"hardening"` (SGD, lr 1e-4, Nesterov momentum 0.9: the
+ * reference's hardening setting), `"pretraining"` (Adam, lr 1e-3), or a
+ * complete JSON object, e.g.
+ * `{"kind":{"Sgd":{"momentum":0.9,"nesterov":false}},"lr":0.01,"weight_decay":0}`.
+ * `MOTH_STATUS_INVALID_CONFIG` for anything else,
+ * `MOTH_STATUS_UNSUPPORTED` for a callback classifier.
+ */
+MOTH_MUST_USE
+moth_status moth_trainer_new(moth_classifier *classifier,
+                             const char *optimizer,
+                             moth_trainer **out_trainer);
+
+/**
+ * Frees a trainer (not its classifier). `moth_trainer_free(NULL)` does
+ * nothing.
+ */
+void moth_trainer_free(moth_trainer *trainer);
+
+/**
+ * One training step on the batch `x` (`[n, C, H, W]` float pixels in
+ * `[0, 1]`, typically the stamped batch of `moth_session_harden_batch`)
+ * with labels `y` (`[n]` integers, the true labels): cross-entropy with the
+ * model in training mode, one optimiser update, then evaluation mode
+ * again. `*out_loss` (may be NULL) receives the batch's mean loss before
+ * the update. A batch of the wrong shape or labels out of range change
+ * nothing (`MOTH_STATUS_WRONG_SHAPE`, `MOTH_STATUS_LABEL_OUT_OF_RANGE`).
+ * The step does not seed libtorch's random generator: a module with
+ * dropout draws from it.
+ */
+MOTH_MUST_USE
+moth_status moth_trainer_step(moth_trainer *trainer,
+                              const moth_tensor *x,
+                              const moth_tensor *y,
+                              double *out_loss);
+
+/**
+ * Writes the number of steps the trainer took (counted across
+ * checkpoints).
+ */
+MOTH_MUST_USE moth_status moth_trainer_steps(const moth_trainer *trainer, uint64_t *out_steps);
+
+/**
+ * Saves the classifier's model (the whole TorchScript module, parameters
+ * and buffers) and the optimiser's state to a checkpoint file at `path`,
+ * atomically. Save the session beside it (`moth_session_save`) at the same
+ * step: loading both resumes the run bit for bit.
+ */
+MOTH_MUST_USE moth_status moth_trainer_save(const moth_trainer *trainer, const char *path);
+
+/**
+ * Serialises model and optimiser into a new buffer (the bytes
+ * `moth_trainer_save` writes).
+ */
+MOTH_MUST_USE
+moth_status moth_trainer_to_buffer(const moth_trainer *trainer,
+                                   moth_buffer **out_buffer);
+
+/**
+ * Loads a checkpoint written by `moth_trainer_save`: the TorchScript
+ * `classifier` (for the same input shape and class count) takes the saved
+ * model's parameters and buffers, and `*out_trainer` receives a trainer
+ * with the saved optimiser state, bound to it. A missing file gives
+ * `MOTH_STATUS_IO`; a corrupted one or one of another kind (a session
+ * checkpoint) `MOTH_STATUS_CHECKPOINT`, and the classifier is unchanged.
+ */
+MOTH_MUST_USE
+moth_status moth_trainer_load(moth_classifier *classifier,
+                              const char *path,
+                              moth_trainer **out_trainer);
+
+/**
+ * `moth_trainer_load` from the `len` bytes at `data` (made by
+ * `moth_trainer_to_buffer`); the caller keeps `data`.
+ */
+MOTH_MUST_USE
+moth_status moth_trainer_from_buffer(moth_classifier *classifier,
+                                     const uint8_t *data,
+                                     size_t len,
+                                     moth_trainer **out_trainer);
 
 /**
  * The library's version, `"MAJOR.MINOR.PATCH"`, as a static NUL-terminated

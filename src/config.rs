@@ -124,6 +124,35 @@ impl DistanceConfig {
         }
     }
 
+    /// A named protocol: `quick`, `confirm` or `paper` (the names of the
+    /// CLI's `--protocol`).
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "quick" => Ok(Self::quick()),
+            "confirm" => Ok(Self::confirm()),
+            "paper" => Ok(Self::paper()),
+            other => Err(Error::Config(format!(
+                "unknown distance protocol '{other}' (expected quick, confirm or paper)"
+            ))),
+        }
+    }
+
+    /// This protocol with the JSON object `patch` merged in (keys present
+    /// replace values, nested objects merge key by key); unknown keys, wrong
+    /// types and out-of-range values are refused and `self` is unchanged.
+    pub fn with_patch(&self, patch: serde_json::Value) -> Result<Self> {
+        if !patch.is_object() {
+            return Err(Error::Config("protocol JSON must be an object".into()));
+        }
+        let mut current = serde_json::to_value(self)
+            .map_err(|e| Error::Config(format!("cannot serialise the protocol: {e}")))?;
+        merge_json(&mut current, patch);
+        let next: DistanceConfig =
+            serde_json::from_value(current).map_err(|e| Error::Config(e.to_string()))?;
+        next.validate()?;
+        Ok(next)
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         if self.samples_per_class == 0 {
@@ -153,6 +182,26 @@ impl DistanceConfig {
             self.inversion.lr,
             self.inversion.batch_size
         )
+    }
+}
+
+/// Merges the JSON `patch` into `base`: objects key by key (recursively),
+/// anything else replaced. The partial configurations of the CLI and the C
+/// ABI are applied this way.
+pub(crate) fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
+    use serde_json::Value;
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
     }
 }
 

@@ -58,6 +58,10 @@ pub enum Error {
     /// the session. Not [`Error::Input`]: the caller's data was fine.
     #[error("unusable model output: {0}")]
     Model(String),
+    /// The caller asked a long computation to stop (a progress callback
+    /// answered "cancel"); nothing it would have produced was kept.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// A value could not be serialised (to JSON, to a checkpoint payload):
     /// not the caller's input, so not [`Error::Input`].
     #[error("cannot serialise {what}: {message}")]

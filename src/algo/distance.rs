@@ -3,6 +3,7 @@
 //! pairs. All targets of one source class are inverted together, so that one
 //! forward pass serves every direction of that source.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -323,6 +324,29 @@ pub fn measure_with_triggers(
     cfg: &DistanceConfig,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(DistanceMatrix, Vec<FoundTrigger>)> {
+    measure_pairs(model, samples, cfg, None, &mut |p| {
+        on_progress(p);
+        ControlFlow::Continue(())
+    })
+}
+
+/// The one measurement behind every other (the CLI's `moth distance`, the
+/// C ABI's `moth_distance_measure`): the distances of the directed `pairs`
+/// `(source, target)` (every off-diagonal pair when `None`) and the
+/// smallest trigger of each that reached the ASR bound. Pairs left out
+/// read 0 in the matrix and are not listed as failed. All chosen targets
+/// of one source are inverted together, so a pair's value depends on
+/// which other targets of its source were chosen (they share the run's
+/// random draws), but never on other sources. `on_progress` is called
+/// after each source class of each seed; `ControlFlow::Break` stops the
+/// measurement there with [`Error::Cancelled`].
+pub fn measure_pairs(
+    model: &mut dyn Classifier,
+    samples: Samples<'_>,
+    cfg: &DistanceConfig,
+    pairs: Option<&[(usize, usize)]>,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<(DistanceMatrix, Vec<FoundTrigger>)> {
     cfg.validate()?;
     let n = samples.classes.len();
     if n < 2 {
@@ -335,9 +359,10 @@ pub fn measure_with_triggers(
             samples.images.size()
         )));
     }
+    let wanted = chosen_pairs(n, pairs)?;
     let start = Instant::now();
     let by_class = per_class_indices(&samples.labels, n, usize::MAX);
-    if let Some(empty) = by_class.iter().position(|v| v.is_empty()) {
+    if let Some(empty) = (0..n).find(|&a| by_class[a].is_empty() && wanted[a].iter().any(|&w| w)) {
         return Err(Error::input(format!(
             "class {} ({}) has no sample",
             empty, samples.classes[empty]
@@ -345,10 +370,15 @@ pub fn measure_with_triggers(
     }
     let mut best = vec![vec![0.0f64; n]; n];
     let mut found: Vec<Vec<Option<Trigger>>> = vec![vec![None; n]; n];
-    let total = cfg.seeds.len() * n * (n - 1);
+    let per_seed: usize = wanted.iter().flatten().filter(|&&w| w).count();
+    let total = cfg.seeds.len() * per_seed;
     let mut done = 0;
     for &seed in &cfg.seeds {
         for a in 0..n {
+            let targets: Vec<usize> = (0..n).filter(|&b| wanted[a][b]).collect();
+            if targets.is_empty() {
+                continue;
+            }
             let mut pool = by_class[a].clone();
             // Each seed draws its own samples, so that seeds vary both the
             // starting trigger and the images it must flip.
@@ -357,9 +387,9 @@ pub fn measure_with_triggers(
             let chosen = samples
                 .images
                 .f_index_select(0, &Tensor::f_from_slice(&pool)?)?;
-            let directions = (0..n)
-                .filter(|&b| b != a)
-                .map(|b| Direction {
+            let directions = targets
+                .iter()
+                .map(|&b| Direction {
                     set: 0,
                     target: b as i64,
                     init: None,
@@ -377,23 +407,28 @@ pub fn measure_with_triggers(
                 &cfg.inversion,
                 seed.wrapping_mul(7919).wrapping_add(a as u64),
             )?;
-            for (b, o) in (0..n).filter(|&b| b != a).zip(outcomes) {
+            for (&b, o) in targets.iter().zip(outcomes) {
                 if o.reached && (best[a][b] == 0.0 || o.size < best[a][b]) {
                     best[a][b] = o.size;
                     found[a][b] = Some(o.trigger.to_device(tch::Device::Cpu)?);
                 }
             }
-            done += n - 1;
-            on_progress(Progress {
+            done += targets.len();
+            let flow = on_progress(Progress {
                 done,
                 total,
                 elapsed: start.elapsed().as_secs_f64(),
             });
+            if flow.is_break() {
+                return Err(Error::Cancelled(format!(
+                    "the distance measurement was stopped after {done} of {total} pairs"
+                )));
+            }
         }
     }
     let failed = (0..n)
         .flat_map(|a| (0..n).map(move |b| (a, b)))
-        .filter(|&(a, b)| a != b && best[a][b] == 0.0)
+        .filter(|&(a, b)| wanted[a][b] && best[a][b] == 0.0)
         .collect();
     let matrix = DistanceMatrix {
         classes: samples.classes.to_vec(),
@@ -416,6 +451,26 @@ pub fn measure_with_triggers(
         })
         .collect();
     Ok((matrix, triggers))
+}
+
+/// `wanted[a][b]`: whether the directed pair `a -> b` is measured.
+fn chosen_pairs(n: usize, pairs: Option<&[(usize, usize)]>) -> Result<Vec<Vec<bool>>> {
+    let Some(pairs) = pairs else {
+        return Ok((0..n).map(|a| (0..n).map(|b| a != b).collect()).collect());
+    };
+    if pairs.is_empty() {
+        return Err(Error::input("no pair to measure"));
+    }
+    let mut wanted = vec![vec![false; n]; n];
+    for &(a, b) in pairs {
+        if a >= n || b >= n || a == b {
+            return Err(Error::input(format!(
+                "pair ({a}, {b}) is not a directed pair of two of the {n} classes"
+            )));
+        }
+        wanted[a][b] = true;
+    }
+    Ok(wanted)
 }
 
 #[cfg(test)]

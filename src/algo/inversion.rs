@@ -18,6 +18,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::algo::cost_schedule::CostSchedule;
 use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
+use crate::torch::gradient::ForwardPass;
 use crate::torch::model::Classifier;
 use crate::torch::train::{adam_update, AdamRule};
 use crate::{Error, Result};
@@ -383,7 +384,8 @@ pub fn invert(
                 h,
                 w,
             ])?;
-            let logits = model.forward(&stamped)?;
+            let pass = ForwardPass::run(model, &stamped)?;
+            let logits = pass.logits();
             let ce = logits
                 .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0)?
                 .f_view([k, layout.width])?;
@@ -393,12 +395,12 @@ pub fn invert(
                 .f_div(&weight_sum)?;
             let l1 = m.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)?;
             let loss = ce_dir.f_add(&l1.f_mul(&costs)?)?.f_sum(Kind::Float)?;
-            if !logits.requires_grad() {
+            if !pass.reaches_input() {
                 // Without a path from the input to the logits the pattern gets
                 // no gradient (and libtorch aborts a backward without a graph).
                 return Err(independent_of_input());
             }
-            let grads = Tensor::f_run_backward(&[&loss], &[&tm, &tp], false, false)?;
+            let grads = pass.backward(model, &loss, &[&tm, &tp])?;
             if grads.iter().any(|g| !g.defined()) {
                 // The logits carry a graph (a parameter of the model), but
                 // not one that reaches the stamped input: the pattern gets no

@@ -10,10 +10,11 @@ use tch::{Device, Tensor};
 
 use super::boundary::{c_str, init_out, out, Guarded};
 use super::handle::{handle, into_handle, release, Handle, Lent};
+use super::host_classifier::HostClassifier;
 use super::log::moth_free_fn;
 use super::status::{moth_status, FfiError};
 use super::tensor::{device_of, moth_device, moth_tensor};
-use crate::torch::model::{Classifier, Model};
+use crate::torch::model::{Backprop, Classifier, Model};
 use crate::{Error, Result};
 
 /// Forward callback: compute logits `[n, classes]` for `input`
@@ -65,13 +66,24 @@ pub(crate) struct CallbackClassifier {
     device: Device,
 }
 
+/// Forgets any message a callback left on this thread (before calling one).
+pub(super) fn clear_callback_message() {
+    CALLBACK_MESSAGE.with(|m| m.borrow_mut().take());
+}
+
+/// The error of callback `what` that returned `status`, with the message
+/// it left with `moth_callback_set_error`, if any.
+pub(super) fn callback_failure(what: &str, status: i32) -> Error {
+    let detail = CALLBACK_MESSAGE
+        .with(|m| m.borrow_mut().take())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Error::Callback(format!("{what} callback returned status {status}{detail}"))
+}
+
 impl CallbackClassifier {
     fn fail(&self, what: &str, status: i32) -> Error {
-        let detail = CALLBACK_MESSAGE
-            .with(|m| m.borrow_mut().take())
-            .map(|m| format!(": {m}"))
-            .unwrap_or_default();
-        Error::Callback(format!("{what} callback returned status {status}{detail}"))
+        callback_failure(what, status)
     }
 }
 
@@ -156,28 +168,41 @@ fn take_logits(logits: *mut moth_tensor, input: &Lent<moth_tensor>) -> Result<Op
 pub(crate) enum ClassifierBody {
     /// A model moth loaded.
     Model(Box<Model>),
-    /// Caller callbacks.
+    /// Caller callbacks on tensors.
     Callback(CallbackClassifier),
+    /// Caller callbacks on host buffers, with their own input gradient.
+    Host(HostClassifier),
+}
+
+impl ClassifierBody {
+    fn inner(&self) -> &dyn Classifier {
+        match self {
+            ClassifierBody::Model(m) => &**m,
+            ClassifierBody::Callback(c) => c,
+            ClassifierBody::Host(h) => h,
+        }
+    }
 }
 
 impl Classifier for ClassifierBody {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            ClassifierBody::Model(m) => m.forward(x),
-            ClassifierBody::Callback(c) => c.forward(x),
-        }
+        self.inner().forward(x)
     }
     fn set_train(&mut self, train: bool) -> Result<()> {
         match self {
             ClassifierBody::Model(m) => m.set_train(train),
             ClassifierBody::Callback(c) => c.set_train(train),
+            ClassifierBody::Host(h) => h.set_train(train),
         }
     }
     fn device(&self) -> Device {
-        match self {
-            ClassifierBody::Model(m) => m.device(),
-            ClassifierBody::Callback(c) => c.device(),
-        }
+        self.inner().device()
+    }
+    fn backprop(&self) -> Backprop {
+        self.inner().backprop()
+    }
+    fn input_grad(&self, x: &Tensor, grad_logits: &Tensor) -> Result<Tensor> {
+        self.inner().input_grad(x, grad_logits)
     }
 }
 
@@ -319,7 +344,7 @@ pub unsafe extern "C" fn moth_classifier_save(
         let body = clf.body.lock()?;
         match &*body {
             ClassifierBody::Model(m) => Ok(m.save(Path::new(path), &[])?),
-            ClassifierBody::Callback(_) => Err(FfiError::new(
+            ClassifierBody::Callback(_) | ClassifierBody::Host(_) => Err(FfiError::new(
                 moth_status::Unsupported,
                 "a callback classifier's model belongs to the caller; save it there",
             )),

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::boundary::{c_str, init_out, out};
 use super::handle::{handle, handle_mut, into_handle, release, Handle};
 use super::status::{c_message, moth_status, write_c_string, FfiError, FfiResult};
-use crate::session::{Preset, SessionConfig};
+use crate::algo::bounds::BoundsMode;
+use crate::session::{Method, Preset, SessionConfig};
 use crate::Error;
 
 /// A session configuration (opaque). Create with `moth_config_new`, free
@@ -182,9 +183,10 @@ pub unsafe extern "C" fn moth_config_set_preset(
     })
 }
 
-/// Sets a string setting by its dotted key, e.g. `"method"` (`"Moth"`,
-/// `"Universal"`, `"Pairwise"`, `"Asymmetric"`) or `"bounds.mode"`
-/// (`"Fixed"`, `"Growing"`), spelled as `moth_config_to_json` prints them.
+/// Sets a string setting by its dotted key: `"method"` (`"moth"`,
+/// `"universal"`, `"pairwise"`, `"asymmetric"`, as the CLI's `--method`
+/// spells them) or `"bounds.mode"` (`"fixed"`, `"growing"`). Names are
+/// case-insensitive (`moth_config_to_json` prints them capitalised, `"Moth"`).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_config_set_string(
@@ -196,8 +198,27 @@ pub unsafe extern "C" fn moth_config_set_string(
         let cfg = handle_mut(config, "config")?;
         let key = c_str(key, "key")?;
         let value = c_str(value, "value")?;
-        cfg.set_key(key, Value::from(value))
+        cfg.set_key(key, named_value(key, value)?)
     })
+}
+
+/// The JSON form of a string setting: the names of the enumerated settings
+/// are matched case-insensitively and written in their serde spelling.
+fn named_value(key: &str, value: &str) -> FfiResult<Value> {
+    fn spelled<T: serde::Serialize>(v: T) -> FfiResult<Value> {
+        Ok(serde_json::to_value(v).map_err(|e| Error::encode("a setting", e))?)
+    }
+    match key {
+        "method" => spelled(value.parse::<Method>()?),
+        "bounds.mode" => match value.to_ascii_lowercase().as_str() {
+            "fixed" => spelled(BoundsMode::Fixed),
+            "growing" => spelled(BoundsMode::Growing),
+            _ => Err(config_error(format!(
+                "bounds.mode: unknown mode '{value}' (expected fixed or growing)"
+            ))),
+        },
+        _ => Ok(Value::from(value)),
+    }
 }
 
 /// Writes the complete configuration (every setting, defaults included) as
@@ -230,4 +251,53 @@ pub(crate) fn write_json(
     let c = c_message(&text);
     // SAFETY: forwarded C contract of the buffer arguments.
     unsafe { write_c_string(c.as_bytes_with_nul(), buf, len, needed) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration's JSON as a value.
+    fn json_of(cfg: *const moth_config) -> Value {
+        let mut buf = vec![0 as c_char; 8192];
+        let mut needed = 0;
+        // SAFETY: a live config and a buffer of the stated length.
+        let st = unsafe { moth_config_to_json(cfg, buf.as_mut_ptr(), buf.len(), &mut needed) };
+        assert_eq!(st, moth_status::Ok);
+        // SAFETY: moth wrote a NUL-terminated string into `buf`.
+        let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        serde_json::from_str(text.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn method_and_bounds_names_are_accepted_as_the_cli_spells_them() {
+        let mut cfg = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the strings are NUL-terminated.
+        unsafe {
+            assert_eq!(moth_config_new(&mut cfg), moth_status::Ok);
+            for (key, value, json) in [
+                (c"method", c"pairwise", "Pairwise"),
+                (c"method", c"moth", "Moth"),
+                (c"method", c"Universal", "Universal"),
+                (c"bounds.mode", c"growing", "Growing"),
+            ] {
+                let st = moth_config_set_string(cfg, key.as_ptr(), value.as_ptr());
+                assert_eq!(st, moth_status::Ok, "{key:?} = {value:?}");
+                let v = json_of(cfg);
+                let got = match key.to_str().unwrap() {
+                    "method" => &v["method"],
+                    _ => &v["bounds"]["mode"],
+                };
+                assert_eq!(got, json, "{key:?} = {value:?}");
+            }
+            let st = moth_config_set_string(cfg, c"method".as_ptr(), c"mothy".as_ptr());
+            assert_eq!(st, moth_status::InvalidConfig);
+            assert_eq!(
+                json_of(cfg)["method"],
+                "Universal",
+                "unchanged after a refusal"
+            );
+            moth_config_free(cfg);
+        }
+    }
 }

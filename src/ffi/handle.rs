@@ -35,8 +35,17 @@ const FREED: u64 = u64::from_be_bytes(*b"moth-rip");
 
 /// The tags of every handle type, for messages that name the type a
 /// wrong handle has.
-const KNOWN: [(u64, &str); 5] = [
+const KNOWN: [(u64, &str); 8] = [
     (super::session::moth_session::TAG, "session"),
+    (
+        super::distance::moth_distance_config::TAG,
+        "distance config",
+    ),
+    (
+        super::distance::moth_distance_result::TAG,
+        "distance result",
+    ),
+    (super::trainer::moth_trainer::TAG, "trainer"),
     (super::config::moth_config::TAG, "config"),
     (super::classifier::moth_classifier::TAG, "classifier"),
     (super::tensor::moth_tensor::TAG, "tensor"),

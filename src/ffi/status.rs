@@ -21,6 +21,9 @@ pub enum moth_status {
     /// Flow signal: the session waits for a clean-accuracy report
     /// (`moth_session_report_accuracy`) before its next step.
     AccuracyWanted = 2,
+    /// Flow signal: the caller's progress callback asked the computation
+    /// to stop (`moth_distance_measure`); nothing was produced.
+    Cancelled = 3,
     /// A required pointer argument was NULL.
     NullPointer = -1,
     /// A string argument was not valid UTF-8.
@@ -86,10 +89,11 @@ pub enum moth_status {
 }
 
 /// Every status, for tests and for `moth_status_name`.
-pub(crate) const ALL_STATUSES: [moth_status; 26] = [
+pub(crate) const ALL_STATUSES: [moth_status; 27] = [
     moth_status::Ok,
     moth_status::Done,
     moth_status::AccuracyWanted,
+    moth_status::Cancelled,
     moth_status::NullPointer,
     moth_status::InvalidUtf8,
     moth_status::InvalidArgument,
@@ -127,6 +131,7 @@ impl moth_status {
             moth_status::Ok => b"MOTH_STATUS_OK\0",
             moth_status::Done => b"MOTH_STATUS_DONE\0",
             moth_status::AccuracyWanted => b"MOTH_STATUS_ACCURACY_WANTED\0",
+            moth_status::Cancelled => b"MOTH_STATUS_CANCELLED\0",
             moth_status::NullPointer => b"MOTH_STATUS_NULL_POINTER\0",
             moth_status::InvalidUtf8 => b"MOTH_STATUS_INVALID_UTF8\0",
             moth_status::InvalidArgument => b"MOTH_STATUS_INVALID_ARGUMENT\0",
@@ -209,6 +214,7 @@ impl From<Error> for FfiError {
             Error::Torch(_) => moth_status::Torch,
             Error::Callback(_) => moth_status::Callback,
             Error::Model(_) => moth_status::ModelOutput,
+            Error::Cancelled(_) => moth_status::Cancelled,
             Error::Encode { .. } => moth_status::Format,
         };
         let message = match &e {

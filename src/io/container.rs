@@ -81,6 +81,8 @@ pub enum PayloadKind {
     Trainer = 2,
     /// A built-in model's architecture, class names and variables.
     Model = 3,
+    /// A C ABI trainer's model and optimiser state (`moth_trainer_save`).
+    Training = 4,
 }
 
 impl PayloadKind {
@@ -95,6 +97,7 @@ impl PayloadKind {
             1 => Some(PayloadKind::Session),
             2 => Some(PayloadKind::Trainer),
             3 => Some(PayloadKind::Model),
+            4 => Some(PayloadKind::Training),
             _ => None,
         }
     }
@@ -104,6 +107,7 @@ impl PayloadKind {
             PayloadKind::Session => "session",
             PayloadKind::Trainer => "trainer",
             PayloadKind::Model => "model",
+            PayloadKind::Training => "training state",
         }
     }
 }

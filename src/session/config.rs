@@ -204,25 +204,6 @@ const DEFAULT_WARMUP_STEPS: usize = 100;
 /// The default preset's early stop of every inversion.
 const DEFAULT_EARLY_STOP: usize = 10;
 
-/// Merges the JSON object `patch` into `base`, recursively: objects are
-/// merged key by key, anything else replaces.
-fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    use serde_json::Value;
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
-
 impl SessionConfig {
     /// This configuration with a partial one merged in: keys present in
     /// `patch` (a JSON object) replace the current values, nested objects are
@@ -238,7 +219,7 @@ impl SessionConfig {
         }
         let mut current = serde_json::to_value(self)
             .map_err(|e| Error::Config(format!("cannot serialise the configuration: {e}")))?;
-        merge(&mut current, patch);
+        crate::config::merge_json(&mut current, patch);
         let next: SessionConfig =
             serde_json::from_value(current).map_err(|e| Error::Config(e.to_string()))?;
         next.validate()?;

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{SessionSpec, MAX_CLASSES};
 use crate::error::InputKind;
-use crate::torch::model::Classifier;
+use crate::torch::model::{Backprop, Classifier};
 use crate::{Error, Result};
 
 /// The most input values (`C * H * W`) a session accepts: triggers and
@@ -145,6 +145,14 @@ impl Classifier for CheckedModel<'_> {
 
     fn device(&self) -> Device {
         self.inner.device()
+    }
+
+    fn backprop(&self) -> Backprop {
+        self.inner.backprop()
+    }
+
+    fn input_grad(&self, x: &Tensor, grad_logits: &Tensor) -> Result<Tensor> {
+        self.inner.input_grad(x, grad_logits)
     }
 }
 

@@ -4,7 +4,9 @@
 
 pub mod device;
 pub mod grad;
+pub mod gradient;
 pub mod model;
 pub mod stream;
 pub(crate) mod sys;
 pub mod train;
+pub mod trainer;

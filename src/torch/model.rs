@@ -22,6 +22,31 @@ pub trait Classifier {
     fn set_train(&mut self, train: bool) -> Result<()>;
     /// Device holding the parameters; inputs are moved there.
     fn device(&self) -> Device;
+    /// How a loss on the logits reaches the input: through libtorch's
+    /// autograd (the default), or, for a model outside libtorch (host
+    /// callbacks, another framework), through [`Classifier::input_grad`].
+    /// See [`crate::torch::gradient`].
+    fn backprop(&self) -> Backprop {
+        Backprop::Autograd
+    }
+    /// For a [`Backprop::InputGrad`] model: the vector-Jacobian product
+    /// `dL/dx = J(x)^T g` for inputs `x` `[n, C, H, W]` and
+    /// `g = dL/dlogits` `[n, classes]`, without gradients of its own.
+    fn input_grad(&self, _x: &Tensor, _grad_logits: &Tensor) -> Result<Tensor> {
+        Err(Error::Unsupported(
+            "this model computes input gradients through autograd, not on request".into(),
+        ))
+    }
+}
+
+/// How gradients reach a classifier's input (see [`Classifier::backprop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backprop {
+    /// The logits carry a libtorch graph back to the input.
+    Autograd,
+    /// The logits carry no graph; the model answers
+    /// [`Classifier::input_grad`] instead.
+    InputGrad,
 }
 
 /// Fails with an I/O error when the folder `path` would be written in does

@@ -181,6 +181,11 @@ impl Optimizer {
         &self.cfg
     }
 
+    /// Updates applied so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
     /// Applies one update with the gradients of `loss`.
     pub fn step(&mut self, model: &Model, loss: &Tensor) -> Result<()> {
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, p)| p).collect();

@@ -103,13 +103,15 @@ fn measure(
     pb: &Progress,
 ) -> Outcome<(DistanceMatrix, Vec<FoundTrigger>)> {
     let mut announced = false;
-    let m = distance::measure_with_triggers(model, samples(data), cfg, &mut |p| {
+    // The same core function as the C ABI's moth_distance_measure.
+    let m = distance::measure_pairs(model, samples(data), cfg, None, &mut |p| {
         pb.set_length(p.total as u64);
         pb.set_position(p.done as u64);
         if !announced && crate::interrupted() {
             announced = true;
             pb.note("interrupted: stopping when this distance measurement ends (Ctrl-C again to quit now)");
         }
+        std::ops::ControlFlow::Continue(())
     })?;
     if crate::interrupted() {
         return Err(Failure::Stopped(

@@ -31,6 +31,10 @@ pub fn run(path: &Path) -> moth::Result<()> {
             println!("a moth model file (no session state)");
             return Ok(());
         }
+        PayloadKind::Training => {
+            println!("a C trainer's model and optimiser state (no session state)");
+            return Ok(());
+        }
     };
     let s = Session::from_bytes(&session_bytes, None)?;
     print_session(&s);
