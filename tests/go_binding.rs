@@ -115,7 +115,33 @@ fn fashion_model_path() -> PathBuf {
         .clone()
 }
 
-/// The tests of bindings/go/moth_test.go. Every one must run and pass: a
+/// A TorchScript classifier with module parameters (which moth's trainer
+/// can train; a traced model's weights are constants), kept across runs.
+fn trainable_model_path() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            tch::set_num_threads(1);
+            let path = work_dir().join("fmnist_scripted.pt");
+            trainable_fashion_model(&path);
+            path
+        })
+        .clone()
+}
+
+/// The twin network's files (tests/native/twin.rs) for the Go model test.
+fn twin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = work_dir().join("twin");
+        std::fs::create_dir_all(&dir).unwrap();
+        native::twin::twin_files(&dir);
+        dir
+    })
+    .clone()
+}
+
+/// The tests of bindings/go/*_test.go. Every one must run and pass: a
 /// skip (no model) or a test that disappeared fails this test.
 const GO_TESTS: &[&str] = &[
     "TestVersionAndABI",
@@ -135,6 +161,9 @@ const GO_TESTS: &[&str] = &[
     "TestCUDAStream",
     "TestNULBytesAreRefused",
     "TestNilReceiversAreSafe",
+    "TestDistancesOfAGoModelEqualItsTorchScriptTwin",
+    "TestDistanceProtocolProgressPairsAndCancel",
+    "TestTrainerCheckpointResumeIsBitExact",
 ];
 
 /// Names of the tests `go test -v` reports with `--- <verdict>: Name (..)`.
@@ -158,6 +187,8 @@ fn go_package_tests_pass_with_a_real_model() {
             &["test", "-v", "-count=1", "-timeout", "300s", "./..."],
         )
         .env("MOTH_TEST_MODEL", &model)
+        .env("MOTH_TEST_TWIN", twin_dir())
+        .env("MOTH_TEST_TRAINABLE", trainable_model_path())
         // Checks at run time that C keeps no Go pointer and gets none that
         // point to Go pointers (cgo's rules); cheap at this size.
         .env("GODEBUG", "cgocheck=2"),
@@ -206,7 +237,7 @@ fn go_sources_are_vetted_and_formatted() {
 
 #[test]
 fn go_example_hardens_fashion_mnist() {
-    let model = fashion_model_path();
+    let model = trainable_model_path();
     let dir = root().join("examples").join("go");
     let bin = work_dir().join("harden-go");
     let (ok, log) = output(go_command(&dir, &["build", "-o"]).arg(&bin).arg("."));
@@ -223,14 +254,19 @@ fn go_example_hardens_fashion_mnist() {
     for needle in [
         "moth 0.",
         "loaded 400 Fashion-MNIST images",
+        "distances before: mean ",
         "accuracy ",
         ": baseline (drop 0.0000)",
         "step 0 warmup target 0 | -1->0 size",
         "step 9 warmup target 9",
         "step 10 orthogonalize pair ",
-        "resumed at step 7",
+        "| loss ",
+        "checkpoint at step 7: session ",
         "step 13 orthogonalize",
-        "session done after 14 steps (step budget)",
+        "session done after 14 steps (step budget), 14 training steps",
+        "distances after: mean ",
+        "resumed at step 7",
+        "resumed run equals the uninterrupted run",
         "pairs chosen",
         "\nok\n",
     ] {

@@ -8,58 +8,13 @@ use std::process::Command;
 use moth::torch::model::{Classifier, Model};
 use tch::{Device, Kind, Tensor};
 
+mod native;
+use native::scripted_model;
+
 const MOTH: &str = env!("CARGO_BIN_EXE_moth");
 const SMALL: &str = r#"{"warmup":{"budget":{"steps":10,"init_cost":0.001,"asr_bound":0.99}},
  "first":{"steps":8,"init_cost":0.001,"asr_bound":0.9},
  "later":{"steps":4,"init_cost":0.01,"asr_bound":0.9},"accuracy_every":5}"#;
-
-fn libtorch() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".libtorch"));
-    let dir = if dir.is_relative() {
-        root.join(dir)
-    } else {
-        dir
-    };
-    dir.canonicalize().unwrap_or(dir)
-}
-
-/// Builds (once per source change) and runs the generator.
-fn scripted_model(out: &Path) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("tests/cpp/make_scripted.cpp");
-    let work = root.join("target/torchscript_harden");
-    std::fs::create_dir_all(&work).unwrap();
-    let bin = work.join("make_scripted");
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if mtime(&bin) <= mtime(&src) {
-        let torch = libtorch();
-        let inc = torch.join("include");
-        let lib = torch.join("lib");
-        let status = Command::new("g++")
-            .args(["-std=c++17", "-O0", "-w", "-D_GLIBCXX_USE_CXX11_ABI=1"])
-            .arg(&src)
-            .arg("-I")
-            .arg(&inc)
-            .arg("-I")
-            .arg(inc.join("torch/csrc/api/include"))
-            .arg("-L")
-            .arg(&lib)
-            .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .args(["-Wl,--no-as-needed", "-ltorch_cpu", "-lc10", "-o"])
-            .arg(&bin)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "compiling tests/cpp/make_scripted.cpp failed"
-        );
-    }
-    let status = Command::new(&bin).arg(out).status().unwrap();
-    assert!(status.success());
-}
 
 fn moth(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(MOTH)

@@ -15,6 +15,7 @@ const (
 	StatusOK              = Status(C.MOTH_STATUS_OK)
 	StatusDone            = Status(C.MOTH_STATUS_DONE)
 	StatusAccuracyWanted  = Status(C.MOTH_STATUS_ACCURACY_WANTED)
+	StatusCancelled       = Status(C.MOTH_STATUS_CANCELLED)
 	StatusNullPointer     = Status(C.MOTH_STATUS_NULL_POINTER)
 	StatusInvalidUTF8     = Status(C.MOTH_STATUS_INVALID_UTF8)
 	StatusInvalidArgument = Status(C.MOTH_STATUS_INVALID_ARGUMENT)

@@ -3,6 +3,8 @@
 //! the freshly built library are, and a TorchScript model to harden.
 #![allow(dead_code)]
 
+pub mod twin;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -160,6 +162,64 @@ pub fn example_model() -> PathBuf {
             path
         })
         .clone()
+}
+
+/// Writes a small TorchScript classifier with real parameters (1x28x28 ->
+/// 10 logits, untrained) to `out`, as `torch.jit.script` would: the libtorch
+/// C++ program tests/cpp/make_scripted.cpp, built once per source change
+/// (Python's torch is not installed here).
+pub fn scripted_model(out: &Path) {
+    let src = root().join("tests/cpp/make_scripted.cpp");
+    let work = scratch_dir("torchscript_harden");
+    let bin = work.join("make_scripted");
+    if mtime(&bin) <= mtime(&src) {
+        let torch = libtorch_root();
+        let inc = torch.join("include");
+        let lib = torch.join("lib");
+        let (ok, o, e) = run(Command::new("g++")
+            .args(["-std=c++17", "-O0", "-w", "-D_GLIBCXX_USE_CXX11_ABI=1"])
+            .arg(&src)
+            .arg("-I")
+            .arg(&inc)
+            .arg("-I")
+            .arg(inc.join("torch/csrc/api/include"))
+            .arg("-L")
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-Wl,--no-as-needed", "-ltorch_cpu", "-lc10", "-o"])
+            .arg(&bin));
+        assert!(ok, "compiling tests/cpp/make_scripted.cpp failed:\n{o}{e}");
+    }
+    let (ok, o, e) = run(Command::new(&bin).arg(out));
+    assert!(ok, "make_scripted failed:\n{o}{e}");
+}
+
+/// A trainable TorchScript Fashion-MNIST classifier at `path`, made once and
+/// kept: [`scripted_model`] (whose parameters are module parameters, unlike
+/// a traced model's constants) trained for one epoch on 2000 images.
+pub fn trainable_fashion_model(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    use moth::io::dataset::{Dataset, Split};
+    use moth::torch::model::{Classifier, Model};
+    use moth::torch::train::{fit, Optimizer, OptimizerConfig};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    scripted_model(&tmp);
+    let data = Dataset::fashion_mnist(None, Split::Train)
+        .unwrap()
+        .balanced_subset(200)
+        .unwrap();
+    let mut model = Model::torchscript(&tmp, [1, 28, 28], Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(OptimizerConfig::pretraining(), &model).unwrap();
+    fit(&mut model, &mut opt, &data, 1, 64, 0, &mut |_, _, _, _| {}).unwrap();
+    model.set_train(false).unwrap();
+    model.save(&tmp, &[]).unwrap();
+    // Renamed when complete, so that a run killed halfway leaves no
+    // truncated model for the next one.
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Compiles the C program `src` against include/moth.h and `libmoth.so`
