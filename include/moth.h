@@ -3,8 +3,8 @@
  *
  * Conventions
  * - Every function returns a moth_status unless stated otherwise: 0 (MOTH_STATUS_OK) is
- *   success, positive values are flow signals (MOTH_STATUS_DONE, MOTH_STATUS_ACCURACY_WANTED),
- *   negative values are failures. moth_status_name() spells a status; moth_last_error() and
+ *   success, positive values are flow signals (MOTH_STATUS_DONE, MOTH_STATUS_ACCURACY_WANTED,
+ *   MOTH_STATUS_CANCELLED), negative values are failures. moth_status_name() spells a status; moth_last_error() and
  *   moth_session_last_error() give the message of the last failure.
  * - Objects are opaque handles: every moth_x_new/_load/_from_* has a moth_x_free, and
  *   moth_x_free(NULL) does nothing. Memory moth allocates is freed only by moth.
@@ -26,10 +26,37 @@
  *   and poisons the session or classifier it happened in (later calls: MOTH_STATUS_POISONED).
  *   Callbacks given to moth must not throw or unwind either.
  *
+ * What the header offers
+ * - Hardening: moth_config + moth_session (the step protocol), on a moth_classifier.
+ * - Training: moth_trainer (moth's own SGD/Adam for TorchScript classifiers, checkpointed
+ *   with the model: moth_trainer_save beside moth_session_save resumes a run bit for bit).
+ * - Class distances: moth_distance_config + moth_distance_measure -> moth_distance_result
+ *   (the same core function as the CLI's `moth distance`).
+ * - Classifiers: TorchScript files (moth_classifier_from_torchscript), libtorch forward
+ *   callbacks (moth_classifier_from_callback), or host-buffer callbacks with their own input
+ *   gradient for models of any framework (moth_classifier_from_host).
+ *
+ * Buffer layouts
+ * - Images are float pixels in [0, 1], shape [N, C, H, W], C order (row-major, NCHW):
+ *   element (n, c, y, x) is at ((n * C + c) * H + y) * W + x. A Julia Array{Float32,4} of
+ *   size (W, H, C, N) (Flux's WHCN) and a NumPy float32 array of shape (N, C, H, W) are this
+ *   same memory. Labels are [N] integers. Logits and their gradients are [N, classes],
+ *   row-major. Matrices are N x N doubles, row-major, row = source (victim) class.
+ * - Trigger masks are [H, W] floats, patterns [C, H, W], both in [0, 1]; a stamped image is
+ *   (1 - mask) * x + mask * pattern.
+ *
+ * Ownership
+ * - Tensors made from buffers copy them: the caller keeps its memory. Buffers moth hands to a
+ *   callback belong to moth and live for that call only. Handles moth returns through an
+ *   out-parameter belong to the caller, who frees them with their moth_x_free. user_data
+ *   given with a free function is freed by moth exactly once (when its object is freed); when
+ *   the creating call fails, the caller keeps it.
+ *
  * Threads
  * - A session may be used from any thread; concurrent calls on one session are serialised by
  *   a per-session mutex. The same holds for a classifier. A config or tensor handle must not
- *   be used by two threads at once. Callbacks (forward, set_train, log) run synchronously on
+ *   be used by two threads at once. Callbacks (forward, input_grad, set_train, log,
+ *   progress) run synchronously on
  *   the thread that called moth, never on another thread; a callback that calls back into
  *   the object that invoked it gets MOTH_STATUS_BUSY.
  * - moth never changes libtorch's process-wide settings (thread counts) and never installs a

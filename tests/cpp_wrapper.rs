@@ -118,3 +118,48 @@ fn wrapper_behaves_as_documented() {
         );
     }
 }
+
+/// Distances, host-buffer classifiers and the trainer through the wrapper
+/// (tests/cpp/product.cpp, compiled without libtorch's headers).
+#[test]
+fn wrapper_measures_distances_hosts_models_and_trains() {
+    let bin = work().join("product");
+    let src = root().join("tests/cpp/product.cpp");
+    let sources = [
+        src.clone(),
+        root().join("bindings/cpp/moth.hpp"),
+        root().join("bindings/cpp/moth_distance.hpp"),
+        root().join("bindings/cpp/moth_trainer.hpp"),
+        root().join("include/moth.h"),
+        libmoth(),
+    ];
+    if mtime(&bin) <= newest(&sources) {
+        let dir = lib_dir();
+        let (ok, out, err) = run(Command::new("g++")
+            .args(STRICT)
+            .args(["-O1", "-DMOTH_HPP_NO_TORCH", "-I"])
+            .arg(root().join("include"))
+            .arg("-I")
+            .arg(root().join("bindings/cpp"))
+            .arg(&src)
+            .arg("-L")
+            .arg(&dir)
+            .arg(format!("-Wl,-rpath,{}", dir.display()))
+            .args(["-lmoth", "-o"])
+            .arg(&bin));
+        assert!(ok, "compiling tests/cpp/product.cpp failed:\n{out}{err}");
+    }
+    let twin = work().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    twin::twin_files(&twin);
+    let trainable = work().join("fmnist_scripted.pt");
+    tch::set_num_threads(1);
+    trainable_fashion_model(&trainable);
+    let (ok, out, err) = run(Command::new(&bin).arg(&twin).arg(&trainable));
+    println!("{out}");
+    assert!(ok, "tests/cpp/product.cpp failed:\n{out}\n{err}");
+    assert!(
+        out.contains("C++ host twin: ") && out.ends_with("ok\n"),
+        "{out}"
+    );
+}

@@ -2,7 +2,7 @@
 //! C++ program, as `torch.jit.script` would) is trained by `moth train`-style
 //! hardening, saved back as TorchScript, and resumes exactly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use moth::torch::model::{Classifier, Model};

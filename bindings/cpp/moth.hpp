@@ -1,6 +1,8 @@
 // moth.hpp: header-only C++17 RAII wrapper over the moth C API (moth.h).
 //
-// Owning, move-only classes (Config, Tensor, Classifier, Session); every
+// Owning, move-only classes (Config, Tensor, Classifier, Session, and in
+// moth_distance.hpp and moth_trainer.hpp DistanceConfig, Distances and
+// Trainer); every
 // failing call throws moth::Error carrying the status and moth's message,
 // as does any call on an object that was moved from. Flow signals are not
 // errors: Session::harden returns a moth::Hardened that holds the stamped
@@ -13,6 +15,7 @@
 #ifndef MOTH_HPP
 #define MOTH_HPP
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -281,6 +284,34 @@ class Classifier {
     }
 #endif
 
+    /// The shape {n, c, h, w} of a batch handed to a host callback.
+    using Shape = std::array<size_t, 4>;
+    /// Writes the logits [n, classes] (row-major) of the n inputs at `x`
+    /// (NCHW, row-major, in [0, 1]) into `logits`.
+    using HostForward = std::function<void(const float *x, const Shape &shape, float *logits)>;
+    /// Writes dL/dx = J(x)^T grad_logits (the layout of `x`) into `grad_x`.
+    using HostInputGrad = std::function<void(const float *x, const Shape &shape,
+                                             const float *grad_logits, float *grad_x)>;
+
+    /// A classifier from any framework, on host buffers: `forward` computes
+    /// logits, `input_grad` the vector-Jacobian product (moth computes the
+    /// gradient with respect to the logits and carries the input gradient
+    /// on to its triggers). Buffers are moth's, valid during the call.
+    /// Exceptions they throw become MOTH_STATUS_CALLBACK with the message.
+    static Classifier from_host(HostForward forward, HostInputGrad input_grad,
+                                size_t num_classes) {
+        auto *cb = new HostCallbacks{std::move(forward), std::move(input_grad)};
+        moth_classifier *raw = nullptr;
+        moth_status st = moth_classifier_from_host(&Classifier::host_forward,
+                                                   &Classifier::host_input_grad, nullptr, cb,
+                                                   &Classifier::free_host, num_classes, &raw);
+        if (st != MOTH_STATUS_OK) {
+            delete cb; // not taken over on failure
+            check(st);
+        }
+        return Classifier(raw);
+    }
+
     /// Logits for `x` without gradients.
     Tensor forward(const Tensor &x) {
         moth_tensor *out = nullptr;
@@ -303,6 +334,37 @@ class Classifier {
     explicit Classifier(moth_classifier *raw) noexcept : raw_(raw) {}
 
     moth_classifier *live() const { return detail::live(raw_, "Classifier"); }
+
+    struct HostCallbacks {
+        HostForward forward;
+        HostInputGrad input_grad;
+    };
+
+    /// Runs `f`, turning an exception into a callback failure.
+    template <typename F> static int32_t guarded(F &&f) noexcept {
+        try {
+            f();
+            return 0;
+        } catch (const std::exception &e) {
+            ignore_status(moth_callback_set_error(e.what()));
+        } catch (...) {
+            ignore_status(moth_callback_set_error("unknown C++ exception"));
+        }
+        return -1;
+    }
+
+    static int32_t host_forward(void *user, const float *x, size_t n, size_t c, size_t h,
+                                size_t w, float *logits, size_t) noexcept {
+        return guarded([&] { static_cast<HostCallbacks *>(user)->forward(x, {n, c, h, w}, logits); });
+    }
+
+    static int32_t host_input_grad(void *user, const float *x, size_t n, size_t c, size_t h,
+                                   size_t w, const float *g, size_t, float *gx) noexcept {
+        return guarded(
+            [&] { static_cast<HostCallbacks *>(user)->input_grad(x, {n, c, h, w}, g, gx); });
+    }
+
+    static void free_host(void *user) noexcept { delete static_cast<HostCallbacks *>(user); }
 
 #ifdef MOTH_HPP_HAS_TORCH
     struct Callbacks {
@@ -552,5 +614,8 @@ class Session {
 };
 
 } // namespace moth
+
+#include "moth_distance.hpp"
+#include "moth_trainer.hpp"
 
 #endif // MOTH_HPP
