@@ -1534,7 +1534,9 @@ void moth_tensor_free(moth_tensor *tensor);
  * complete JSON object, e.g.
  * `{"kind":{"Sgd":{"momentum":0.9,"nesterov":false}},"lr":0.01,"weight_decay":0}`.
  * `MOTH_STATUS_INVALID_CONFIG` for anything else,
- * `MOTH_STATUS_UNSUPPORTED` for a callback classifier.
+ * `MOTH_STATUS_UNSUPPORTED` for a callback classifier,
+ * `MOTH_STATUS_INVALID_INPUT` for a module without trainable parameters (a
+ * traced module, whose weights are constants).
  */
 MOTH_MUST_USE
 moth_status moth_trainer_new(moth_classifier *classifier,

@@ -4,7 +4,9 @@
 //! autograd still works on the same thread and the session is unchanged.
 //! The C program tests/c/hostile.c calls every export with NULL, freed,
 //! foreign-type and wrong-phase arguments, built with AddressSanitizer and
-//! UBSan, and again under valgrind. libmoth.so exports the C API only.
+//! UBSan, and again under valgrind; tests/c/hostile_product.c does the same
+//! for distances, host classifiers and the trainer (sanitizers only).
+//! libmoth.so exports the C API only.
 //!
 //! Run `cargo build --release --lib` first: the C program links the
 //! library cargo built last.
@@ -396,6 +398,34 @@ fn hostile_c_program_under_address_and_undefined_sanitizers() {
         ],
     );
     // moth writes nothing to the host's stderr.
+    assert!(err.trim().is_empty(), "stderr: {err}");
+}
+
+/// The exports of distances, host classifiers and the trainer
+/// (tests/c/hostile_product.c), with AddressSanitizer and UBSan as above.
+#[test]
+fn hostile_calls_of_distances_host_models_and_trainers_fail_cleanly() {
+    let bin = scratch_dir("c_abi_hostile").join("hostile-product-asan");
+    compile_c(
+        &root().join("tests/c/hostile_product.c"),
+        &bin,
+        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
+        &[],
+    );
+    let (ok, out, err) = run(Command::new(&bin)
+        .arg(example_model())
+        .arg(scratch_dir("c_abi_hostile"))
+        .env(
+            "ASAN_OPTIONS",
+            "halt_on_error=1:abort_on_error=0:exitcode=86",
+        )
+        .env(
+            "UBSAN_OPTIONS",
+            "halt_on_error=1:print_stacktrace=1:exitcode=87",
+        ));
+    println!("{out}");
+    assert!(ok, "hostile_product.c failed:\n{out}\n{err}");
+    assert!(out.contains(" checks, 0 failed"), "{out}\n{err}");
     assert!(err.trim().is_empty(), "stderr: {err}");
 }
 

@@ -81,7 +81,9 @@ fn with_model<T>(
 /// complete JSON object, e.g.
 /// `{"kind":{"Sgd":{"momentum":0.9,"nesterov":false}},"lr":0.01,"weight_decay":0}`.
 /// `MOTH_STATUS_INVALID_CONFIG` for anything else,
-/// `MOTH_STATUS_UNSUPPORTED` for a callback classifier.
+/// `MOTH_STATUS_UNSUPPORTED` for a callback classifier,
+/// `MOTH_STATUS_INVALID_INPUT` for a module without trainable parameters (a
+/// traced module, whose weights are constants).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_trainer_new(

@@ -28,6 +28,13 @@ struct TrainingCheckpoint {
 impl Trainer {
     /// A fresh optimiser with settings `cfg` for `model`.
     pub fn new(cfg: OptimizerConfig, model: &Model) -> Result<Self> {
+        if model.parameters().is_empty() {
+            return Err(Error::input(
+                "the model has no trainable parameters (a traced TorchScript module's \
+                 weights are constants; script the module, or register its weights as \
+                 parameters)",
+            ));
+        }
         Ok(Trainer {
             opt: Optimizer::new(cfg, model)?,
         })
