@@ -916,8 +916,8 @@ void moth_classifier_free(moth_classifier *classifier);
 /**
  * Leaves a message for moth to report when the callback running on this
  * thread returns a non-zero status (for example a C++ exception's
- * `what()`). Call it from inside a forward or set_train callback, just
- * before returning non-zero. NULL clears it.
+ * `what()`). Call it from inside a forward, input_grad or set_train
+ * callback, just before returning non-zero. NULL clears it.
  */
 MOTH_MUST_USE moth_status moth_callback_set_error(const char *message);
 

@@ -146,7 +146,7 @@ fn config_json_setters_and_errors() {
         expect(
             moth_config_set_string(cfg, k("method").as_ptr(), k("bogus").as_ptr()),
             S::InvalidConfig,
-            "unknown variant",
+            "unknown method 'bogus' (expected moth, universal,",
         );
         expect(
             moth_config_set_int(cfg, k("max_steps").as_ptr(), -1),

@@ -364,8 +364,8 @@ pub unsafe extern "C" fn moth_classifier_free(classifier: *mut moth_classifier) 
 
 /// Leaves a message for moth to report when the callback running on this
 /// thread returns a non-zero status (for example a C++ exception's
-/// `what()`). Call it from inside a forward or set_train callback, just
-/// before returning non-zero. NULL clears it.
+/// `what()`). Call it from inside a forward, input_grad or set_train
+/// callback, just before returning non-zero. NULL clears it.
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn moth_callback_set_error(message: *const c_char) -> moth_status {

@@ -71,6 +71,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s MODEL.pt SCRATCH_DIR\n", argv[0]);
         return 2;
     }
+    /* Unbuffered, so that every line is out before a sanitizer ends the run. */
+    setvbuf(stdout, NULL, _IONBF, 0);
     static float px[N * SIDE * SIDE];
     int64_t labels[N];
     for (int i = 0; i < N * SIDE * SIDE; i++) px[i] = (float)(i % 7) / 7.0f;
@@ -248,6 +250,7 @@ int main(int argc, char **argv) {
     uint8_t junk[64] = {0};
     EXPECT(moth_trainer_from_buffer(model, junk, sizeof junk, &tr), MOTH_STATUS_CHECKPOINT, NULL);
     EXPECT(moth_trainer_from_buffer(model, NULL, 4, &tr), MOTH_STATUS_NULL_POINTER, "data");
+    moth_trainer_free(tr); /* NULL unless a refused call made one anyway */
     moth_trainer_free(NULL);
     moth_trainer_free(foreign_tr);
     moth_distance_result_free(dead_res);
