@@ -253,6 +253,13 @@ enum moth_status
      * into the session (which is then unchanged).
      */
     MOTH_STATUS_MODEL_OUTPUT = -23,
+    /**
+     * The data-parallel ranks could not agree: a collective callback
+     * failed (a timeout in the trainer's process group, say), the ranks
+     * are out of step, or the session was hardened by another number of
+     * ranks. The session is unchanged; stop every rank.
+     */
+    MOTH_STATUS_COLLECTIVE = -24,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -518,6 +525,51 @@ typedef int32_t (*moth_set_train_fn)(void *user_data, bool train);
  * replaced, or its session or classifier was freed).
  */
 typedef void (*moth_free_fn)(void *user_data);
+
+/**
+ * Sums the `count` floats at `values` element-wise over all ranks, in
+ * place (every rank must receive the same bits, as Gloo, NCCL and MPI
+ * all-reduces give). Returns 0 on success, anything else on failure.
+ */
+typedef int32_t (*moth_all_reduce_fn)(float *values, size_t count, void *user_data);
+
+/**
+ * Replaces the `len` bytes at `bytes` on every rank by rank 0's (every
+ * rank passes the same `len`). Returns 0 on success, anything else on
+ * failure.
+ */
+typedef int32_t (*moth_broadcast_fn)(uint8_t *bytes, size_t len, void *user_data);
+
+/**
+ * The trainer's collective for one rank, as given to
+ * `moth_session_set_collective`. moth copies the struct.
+ */
+typedef struct {
+    /**
+     * This process's rank, in `[0, world_size)`.
+     */
+    int32_t rank;
+    /**
+     * The number of ranks.
+     */
+    int32_t world_size;
+    /**
+     * All-reduce (sum) of floats; required.
+     */
+    moth_all_reduce_fn all_reduce_sum;
+    /**
+     * Broadcast of bytes from rank 0; required.
+     */
+    moth_broadcast_fn broadcast;
+    /**
+     * Passed to both callbacks.
+     */
+    void *user_data;
+    /**
+     * Frees `user_data` when moth no longer needs it (may be NULL).
+     */
+    moth_free_fn free_user_data;
+} moth_collective;
 
 /**
  * Progress callback of `moth_distance_measure`: `done` of `total` directed
@@ -920,6 +972,36 @@ void moth_classifier_free(moth_classifier *classifier);
  * callback, just before returning non-zero. NULL clears it.
  */
 MOTH_MUST_USE moth_status moth_callback_set_error(const char *message);
+
+/**
+ * Makes the session one rank of a data-parallel run (NULL: a single
+ * process again). Every rank drives its own session, made with the same
+ * configuration (or loaded from the same checkpoint), on its own shard of
+ * each batch, on a model its trainer keeps identical across ranks (DDP);
+ * each `moth_session_harden_batch` then calls the callbacks: per inversion
+ * mini-batch one all-reduce of the trigger gradients, per step a few more
+ * (class counts, a digest of the state that must agree), and broadcasts
+ * while the warm-up pool fills. All ranks' sessions hold the same state
+ * and write the same checkpoint bytes; the checkpoint records the world
+ * size, and a session that took steps with N ranks continues only with N
+ * (`MOTH_STATUS_COLLECTIVE` otherwise, here or at the next step).
+ *
+ * The callbacks run with the session locked, on the calling thread, and
+ * must not throw (C++) or unwind. moth has no timeout of its own: a
+ * callback that cannot complete (a peer gone, ranks out of step) must
+ * return non-zero after the process group's timeout rather than block for
+ * ever. A failing callback, or ranks found out of step (each all-reduce
+ * carries a tag), fail the step with `MOTH_STATUS_COLLECTIVE` and leave the
+ * session unchanged; stop every rank then. Not saved in checkpoints: set
+ * it again after loading one.
+ *
+ * The struct is copied. moth owns `user_data` from this call on: it is
+ * freed with `free_user_data` (when set) when the hook is replaced or
+ * cleared, when the session is freed, or at once when this call fails.
+ */
+MOTH_MUST_USE
+moth_status moth_session_set_collective(moth_session *session,
+                                        const moth_collective *collective);
 
 /**
  * Creates a configuration holding moth's default preset (see

@@ -28,6 +28,9 @@ install_apt() {
     command -v valgrind >/dev/null || missing+=(valgrind)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+    # Gloo's headers: the wheel's c10d headers include them (the C++
+    # trainer's data-parallel path, tests/c_abi_examples.rs).
+    [ -f /usr/include/gloo/config.h ] || missing+=(libgloo-dev)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=""

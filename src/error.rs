@@ -62,6 +62,11 @@ pub enum Error {
     /// answered "cancel"); nothing it would have produced was kept.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// The data-parallel ranks could not agree: the trainer's collective
+    /// hook failed or timed out, the ranks are out of step, or a session
+    /// hardened by N ranks was asked to continue with another number.
+    #[error("data-parallel: {0}")]
+    Collective(String),
     /// A value could not be serialised (to JSON, to a checkpoint payload):
     /// not the caller's input, so not [`Error::Input`].
     #[error("cannot serialise {what}: {message}")]

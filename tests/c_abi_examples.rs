@@ -11,6 +11,7 @@ use std::time::Instant;
 mod common;
 mod native;
 use common::ffi::*;
+use native::ranks::*;
 use native::*;
 
 /// Compiles the C example (cached on source mtimes).
@@ -217,10 +218,16 @@ fn c_example_under_valgrind() {
     assert!(report.contains("ERROR SUMMARY: 0 errors"), "{report}");
 }
 
-/// Compiles the C++ trainer: the object file is cached on the sources'
-/// mtimes (a libtorch C++ compile takes 20-60 s here), the link redone when
-/// the library changed.
+/// Compiles the C++ trainer, with its Gloo data-parallel path: the object
+/// file is cached on the sources' mtimes (a libtorch C++ compile takes
+/// 20-60 s here), the link redone when the library changed. Once per test
+/// binary: the tests that run it share the build.
 fn cpp_example() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_cpp_example).clone()
+}
+
+fn build_cpp_example() -> PathBuf {
     let lib = libmoth();
     let obj = work_dir().join("trainer.o");
     let bin = work_dir().join("trainer");
@@ -237,6 +244,10 @@ fn cpp_example() -> PathBuf {
                 "-std=c++17",
                 "-O1",
                 "-D_GLIBCXX_USE_CXX11_ABI=1",
+                // Gloo: c10d's headers with Debian's libgloo-dev headers;
+                // the process group's code is libtorch's own.
+                "-DMOTH_EXAMPLE_GLOO",
+                "-DUSE_C10D_GLOO",
                 "-w",
                 "-c",
             ])
@@ -340,4 +351,131 @@ fn cpp_example_runs() {
     ] {
         assert!(out.contains(needle), "output lacks '{needle}':\n{out}");
     }
+}
+
+/// Two trainer processes harden one model data-parallel, through a Gloo
+/// process group (libtorch's c10d over a FileStore): both sessions choose
+/// the same pairs and find the same trigger sizes at every step, end with
+/// byte-identical checkpoints, and the ranks' models are identical; the
+/// enlargement is close to one process's on the full batches.
+#[test]
+fn cpp_trainer_two_ranks_agree_through_gloo() {
+    let bin = cpp_example();
+    let dir = work_dir().join("gloo2");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Instant::now();
+    let ranks = (0..2).map(|r| start_rank(&bin, &dir, r, 2, &[])).collect();
+    let out = wait_ranks(ranks, std::time::Duration::from_secs(300));
+    let two_ranks = t.elapsed().as_secs_f64();
+    for (r, (ok, o, e)) in out.iter().enumerate() {
+        assert!(ok, "rank {r} failed:\n{o}\n{e}");
+    }
+    let one_dir = work_dir().join("gloo1");
+    let _ = std::fs::remove_dir_all(&one_dir);
+    std::fs::create_dir_all(&one_dir).unwrap();
+    let t = Instant::now();
+    let one = wait_ranks(
+        vec![start_rank(&bin, &one_dir, 0, 1, &[])],
+        std::time::Duration::from_secs(300),
+    );
+    let one_rank = t.elapsed().as_secs_f64();
+    assert!(
+        one[0].0,
+        "the one-rank run failed:\n{}\n{}",
+        one[0].1, one[0].2
+    );
+
+    let (a, b) = (agreed_lines(&out[0].1), agreed_lines(&out[1].1));
+    assert_eq!(a.len(), 14, "{}", out[0].1);
+    assert_eq!(a, b, "the ranks' step reports differ");
+    let read = |d: &std::path::Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert!(
+        read(&dir, "rank0.session") == read(&dir, "rank1.session"),
+        "the ranks' session checkpoints differ"
+    );
+    assert!(
+        read(&dir, "rank0.after") == read(&dir, "rank1.after"),
+        "the ranks' hardened weights differ"
+    );
+    // Both runs start from the same pretrained model.
+    assert!(read(&dir, "rank0.before") == read(&one_dir, "rank0.before"));
+    let cost = out[0]
+        .1
+        .lines()
+        .rfind(|l| l.starts_with("collectives after step"))
+        .unwrap_or("")
+        .to_string();
+
+    let t = Instant::now();
+    let before = trainer_distances(&dir.join("rank0.before"));
+    let after_two = trainer_distances(&dir.join("rank0.after"));
+    let after_one = trainer_distances(&one_dir.join("rank0.after"));
+    let (e2, e1) = (
+        before.enlargement(&after_two),
+        before.enlargement(&after_one),
+    );
+    println!(
+        "{}\n2 ranks: {cost}\nmean distance {:.2} before; after 2 ranks {:.2} ({:+.1}%), \
+         after 1 rank {:+.2} ({:+.1}%)\n(2 ranks {two_ranks:.1} s, 1 rank {one_rank:.1} s, \
+         distances {:.1} s)",
+        a.join("\n"),
+        before.mean(),
+        after_two.mean(),
+        100.0 * e2,
+        after_one.mean(),
+        100.0 * e1,
+        t.elapsed().as_secs_f64()
+    );
+    // 14 short steps: hardening moves distances by a few percent, and the
+    // two runs stamp different samples (each rank picks among its own), so
+    // they agree to the noise of such runs, not to the bit.
+    assert!(
+        (e2 - e1).abs() <= 0.10,
+        "2 ranks {:+.1}% vs 1 rank {:+.1}%",
+        100.0 * e2,
+        100.0 * e1
+    );
+}
+
+/// Rank 1's hook skips its 5th all-reduce (returns 0 without calling
+/// Gloo): rank 1's moth finds the ranks out of step, rank 0's all-reduce
+/// fails when rank 1 leaves (or at the group's timeout); both processes
+/// exit with a clear error instead of hanging.
+#[test]
+fn cpp_trainer_with_a_broken_hook_fails_on_both_ranks() {
+    let bin = cpp_example();
+    let dir = work_dir().join("gloo-broken");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Instant::now();
+    let ranks = (0..2)
+        .map(|r| {
+            let extra: &[&str] = if r == 1 {
+                &["--timeout-ms", "5000", "--break-collective", "5"]
+            } else {
+                &["--timeout-ms", "5000"]
+            };
+            start_rank(&bin, &dir, r, 2, extra)
+        })
+        .collect();
+    let out = wait_ranks(ranks, std::time::Duration::from_secs(180));
+    println!(
+        "rank 0:\n{}\nrank 1:\n{}\n({:.1} s)",
+        out[0].2,
+        out[1].2,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(!out[0].0 && !out[1].0, "both ranks must fail");
+    assert!(
+        out[1].2.contains("moth error: MOTH_STATUS_COLLECTIVE") && out[1].2.contains("out of step"),
+        "{}",
+        out[1].2
+    );
+    assert!(
+        out[0].2.contains("moth error: MOTH_STATUS_COLLECTIVE")
+            && out[0].2.contains("all-reduce callback returned 1"),
+        "{}",
+        out[0].2
+    );
 }

@@ -570,6 +570,13 @@ class Session {
     void set_cuda_stream(int32_t device, void *stream) {
         check(moth_session_set_cuda_stream(live(), device, stream), raw_);
     }
+    /// Makes the session one rank of a data-parallel run through the
+    /// trainer's collective (nullptr: a single process again); see
+    /// moth_session_set_collective. The struct is copied; moth owns its
+    /// user_data from this call on.
+    void set_collective(const moth_collective *collective) {
+        check(moth_session_set_collective(live(), collective), raw_);
+    }
     /// The stream set with set_cuda_stream: {device, cudaStream_t}, or
     /// {-1, nullptr} when none is set.
     std::pair<int32_t, void *> cuda_stream() const {

@@ -20,10 +20,22 @@
 // Either way the forward callback checks, on every forward pass moth makes,
 // that the current stream is the trainer's, and the run fails otherwise.
 //
+// Built with MOTH_EXAMPLE_GLOO (and USE_C10D_GLOO, which libtorch's c10d
+// headers want), it trains data-parallel: `--world-size N --rank R` joins a
+// Gloo process group over a c10d FileStore (`--store FILE`, shared by the
+// ranks); every rank takes its shard of each batch, averages the model's
+// gradients over the group and hardens through the same group, given to
+// its moth session as a collective hook (moth_session_set_collective), so
+// that all ranks' sessions agree. `--break-collective K` makes this rank's
+// hook skip its K-th all-reduce (to see that the ranks fail with clear
+// errors instead of hanging); `--timeout-ms T` is the group's timeout.
+//
 // Build: see examples/README.md (pkg-config moth, or CMake).
 // Run:   ./trainer [--data DIR] [--train N] [--test N] [--pretrain-epochs E]
 //                  [--steps S] [--batch B] [--checkpoint PREFIX] [--cpu]
 //                  [--stream session|current]
+//                  [--world-size N --rank R --store FILE] [--timeout-ms T]
+//                  [--break-collective K] [--weights PREFIX]
 #include <torch/torch.h>
 
 #include <zlib.h>
@@ -40,6 +52,11 @@
 #ifdef MOTH_EXAMPLE_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
+
+#ifdef MOTH_EXAMPLE_GLOO
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 
 #include "moth.hpp"
@@ -202,6 +219,146 @@ struct Streams {
     }
 };
 
+// This rank of a data-parallel run: its Gloo process group (none with one
+// rank), and the collective hook moth hardens through.
+struct Ranks {
+    int rank = 0, world = 1;
+    int64_t skip_at = 0;      // --break-collective: skip this all-reduce
+    int64_t all_reduces = 0;  // all-reduces moth asked for
+    int64_t broadcasts = 0;   // broadcasts moth asked for
+    int64_t bytes = 0;        // bytes moth's collectives carried
+#ifdef MOTH_EXAMPLE_GLOO
+    c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+#endif
+
+    void join(const std::string &store, int64_t timeout_ms) {
+        if (world == 1) return;
+#ifdef MOTH_EXAMPLE_GLOO
+        auto files = c10::make_intrusive<c10d::FileStore>(store, world);
+        auto opts = c10d::ProcessGroupGloo::Options::create();
+        opts->timeout = std::chrono::milliseconds(timeout_ms);
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+        group = c10::make_intrusive<c10d::ProcessGroupGloo>(files, rank, world, opts);
+        std::cout << "rank " << rank << " of " << world << ": Gloo process group over " << store
+                  << "\n";
+#else
+        (void)store;
+        (void)timeout_ms;
+        throw std::runtime_error("--world-size > 1 needs a build with MOTH_EXAMPLE_GLOO");
+#endif
+    }
+
+    // Sums `t` (a CPU tensor) over the ranks, in place.
+    void all_reduce(at::Tensor &t) {
+#ifdef MOTH_EXAMPLE_GLOO
+        std::vector<at::Tensor> ts{t};
+        group->allreduce(ts)->wait();
+#else
+        (void)t;
+#endif
+    }
+
+    // Rank 0's `t` on every rank.
+    void broadcast(at::Tensor &t) {
+#ifdef MOTH_EXAMPLE_GLOO
+        std::vector<at::Tensor> ts{t};
+        group->broadcast(ts)->wait();
+#else
+        (void)t;
+#endif
+    }
+
+    // What DDP does after backward: every gradient averaged over the ranks
+    // (one flat buffer, one all-reduce).
+    void average_gradients(Net &net) {
+        if (world == 1) return;
+        std::vector<at::Tensor> grads;
+        for (auto &p : net->parameters()) grads.push_back(p.grad().flatten());
+        auto flat = torch::cat(grads);
+        all_reduce(flat);
+        flat.div_(world);
+        int64_t at = 0;
+        for (auto &p : net->parameters()) {
+            auto n = p.numel();
+            p.grad().copy_(flat.narrow(0, at, n).view_as(p.grad()));
+            at += n;
+        }
+    }
+
+    // What DDP does at construction: rank 0's weights on every rank.
+    void share_weights(Net &net) {
+        if (world == 1) return;
+        torch::NoGradGuard no_grad;
+        for (auto &p : net->parameters()) {
+            auto t = p.detach().contiguous();
+            broadcast(t);
+            p.copy_(t);
+        }
+    }
+
+    // The hook moth calls: the same process group. A failure (Gloo's
+    // timeout, a lost peer) is printed and returned as a non-zero status;
+    // no exception crosses into moth.
+    static int32_t all_reduce_cb(float *values, size_t count, void *user) {
+        auto *r = static_cast<Ranks *>(user);
+        try {
+            if (++r->all_reduces == r->skip_at) return 0; // deliberately broken
+            auto t = torch::from_blob(values, {int64_t(count)}, torch::kFloat32);
+            r->all_reduce(t);
+            r->bytes += int64_t(count * sizeof(float));
+            return 0;
+        } catch (const std::exception &e) {
+            std::cerr << "rank " << r->rank << ": all-reduce failed: " << e.what() << "\n";
+            return 1;
+        }
+    }
+
+    static int32_t broadcast_cb(uint8_t *bytes, size_t len, void *user) {
+        auto *r = static_cast<Ranks *>(user);
+        try {
+            r->broadcasts++;
+            auto t = torch::from_blob(bytes, {int64_t(len)}, torch::kUInt8);
+            r->broadcast(t);
+            r->bytes += int64_t(len);
+            return 0;
+        } catch (const std::exception &e) {
+            std::cerr << "rank " << r->rank << ": broadcast failed: " << e.what() << "\n";
+            return 1;
+        }
+    }
+
+    // Gives the session the hook (again after a resume: checkpoints do not
+    // carry it). The Ranks object outlives the session, so no free function.
+    void hand_to(moth::Session &session) {
+        if (world == 1) return;
+        moth_collective c{};
+        c.rank = rank;
+        c.world_size = world;
+        c.all_reduce_sum = &Ranks::all_reduce_cb;
+        c.broadcast = &Ranks::broadcast_cb;
+        c.user_data = this;
+        c.free_user_data = nullptr;
+        session.set_collective(&c);
+    }
+
+    // This rank's shard of a batch of indices: every world-th one.
+    torch::Tensor shard(const torch::Tensor &idx) const {
+        if (world == 1) return idx;
+        return idx.slice(0, rank, idx.size(0), world);
+    }
+};
+
+// The model's parameters as raw float32 values, in registration order.
+void write_weights(Net &net, const std::string &path) {
+    FILE *f = std::fopen(path.c_str(), "wb");
+    if (!f) throw std::runtime_error("cannot write " + path);
+    for (auto &p : net->parameters()) {
+        auto t = p.detach().to(torch::kCPU).contiguous();
+        std::fwrite(t.data_ptr<float>(), sizeof(float), size_t(t.numel()), f);
+    }
+    if (std::fclose(f) != 0) throw std::runtime_error("cannot write " + path);
+}
+
 } // namespace
 
 int main(int argc, char **argv) try {
@@ -209,6 +366,9 @@ int main(int argc, char **argv) try {
     int64_t n_train = 2000, n_test = 500, batch = 64, pretrain_epochs = 2, steps = 16;
     bool force_cpu = false;
     std::string stream_mode = "session";
+    Ranks ranks;
+    std::string store = "trainer-store", weights;
+    int64_t timeout_ms = 30000;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -224,6 +384,12 @@ int main(int argc, char **argv) try {
         else if (a == "--checkpoint") prefix = next();
         else if (a == "--cpu") force_cpu = true;
         else if (a == "--stream") stream_mode = next();
+        else if (a == "--world-size") ranks.world = std::stoi(next());
+        else if (a == "--rank") ranks.rank = std::stoi(next());
+        else if (a == "--store") store = next();
+        else if (a == "--timeout-ms") timeout_ms = std::stoll(next());
+        else if (a == "--break-collective") ranks.skip_at = std::stoll(next());
+        else if (a == "--weights") weights = next();
         else throw std::runtime_error("unknown argument " + a);
     }
 
@@ -233,6 +399,11 @@ int main(int argc, char **argv) try {
 
     if (stream_mode != "session" && stream_mode != "current")
         throw std::runtime_error("--stream must be session or current");
+    if (ranks.world < 1 || ranks.rank < 0 || ranks.rank >= ranks.world)
+        throw std::runtime_error("--rank must be in [0, --world-size)");
+    if (batch % ranks.world != 0)
+        throw std::runtime_error("--batch must be a multiple of --world-size");
+    ranks.join(store, timeout_ms);
     torch::Device device(torch::kCPU);
     moth_device mdev = moth::cpu();
     Streams streams;
@@ -280,6 +451,8 @@ int main(int argc, char **argv) try {
                       << "\n";
         }
     }
+    ranks.share_weights(net);
+    if (!weights.empty()) write_weights(net, weights + ".before");
 
     // moth sees the model through a forward callback: our module, unchanged.
     auto classifier = moth::Classifier::from_forward(
@@ -298,6 +471,7 @@ int main(int argc, char **argv) try {
         if (level <= MOTH_LOG_LEVEL_WARN) std::cerr << "[moth] " << m << "\n";
     });
     streams.hand_to(*session);
+    ranks.hand_to(*session);
 
     torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
     auto good = snapshot(net);
@@ -326,7 +500,8 @@ int main(int argc, char **argv) try {
             perm = torch::randperm(n_train);
             offset = 0;
         }
-        auto idx = perm.narrow(0, offset, batch);
+        // Every rank draws the same permutation (same seed); each takes its shard.
+        auto idx = ranks.shard(perm.narrow(0, offset, batch));
         offset += batch;
         torch::Tensor x, y;
         {
@@ -346,6 +521,7 @@ int main(int argc, char **argv) try {
         opt.zero_grad();
         auto loss = torch::nn::functional::cross_entropy(net->forward(xs), y);
         loss.backward();
+        ranks.average_gradients(net);
         opt.step();
 
         auto r = session->last_report();
@@ -360,6 +536,18 @@ int main(int argc, char **argv) try {
                       << (r.directions[d].reached ? " reached" : " failed") << " stamped "
                       << r.directions[d].stamped;
         std::cout << " | loss " << loss.item<double>() << "\n";
+        // What every rank must agree on (stamped counts and losses are each
+        // rank's own), and what moth's collectives cost so far.
+        std::cout << "agreed step " << r.step << " " << phase_name(r.phase.kind) << " "
+                  << r.phase.source << "<->" << r.phase.target << " " << r.phase.target;
+        for (size_t d = 0; d < r.num_directions; d++)
+            std::cout << " | " << r.directions[d].victim << "->" << r.directions[d].target
+                      << " size " << r.directions[d].size << " " << r.directions[d].reached;
+        std::cout << "\n";
+        if (ranks.world > 1)
+            std::cout << "collectives after step " << r.step << ": " << ranks.all_reduces
+                      << " all-reduces, " << ranks.broadcasts << " broadcasts, " << ranks.bytes
+                      << " bytes\n";
 
         // Halfway: checkpoint session, model and optimiser at the same step,
         // then resume from the files as a restarted process would.
@@ -375,6 +563,7 @@ int main(int argc, char **argv) try {
             torch::load(opt, prefix + ".optim.pt");
             net->to(device);
             streams.hand_to(*session);
+            ranks.hand_to(*session);
             std::cout << "checkpoint: saved at step " << at << ", resumed at step "
                       << session->step() << "\n";
             resumed = true;
@@ -390,6 +579,10 @@ int main(int argc, char **argv) try {
               << pairs / 2 << " pairs chosen, final test accuracy "
               << accuracy(net, test, device) << "\n";
     if (!streams.report()) return 1;
+    if (!weights.empty()) {
+        write_weights(net, weights + ".after");
+        session->save(weights + ".session");
+    }
     std::cout << "ok\n";
     return 0;
 } catch (const moth::Error &e) {

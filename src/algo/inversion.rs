@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::algo::collective::Agreement;
 use crate::algo::cost_schedule::CostSchedule;
 use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
@@ -79,26 +80,16 @@ struct Layout {
     batches: i64,
     counts: Vec<i64>,
     offsets: Vec<i64>,
+    /// This process's rank when the inversion is data-parallel.
+    rank: Option<usize>,
 }
 
 impl Layout {
     fn new(task: &InversionTask, cfg: &InversionConfig) -> Result<Self> {
-        let set_sizes: Vec<i64> = task.sets.iter().map(|s| s.size()[0]).collect();
-        let mut offsets = Vec::with_capacity(task.directions.len());
-        let mut counts = Vec::with_capacity(task.directions.len());
-        for d in &task.directions {
-            let n = *set_sizes.get(d.set).ok_or_else(|| {
-                Error::input(format!(
-                    "direction names sample set {} of {}",
-                    d.set,
-                    set_sizes.len()
-                ))
-            })?;
-            if n == 0 {
-                return Err(Error::input(format!("sample set {} is empty", d.set)));
-            }
-            offsets.push(set_sizes[..d.set].iter().sum());
-            counts.push(n);
+        let (counts, offsets) = counts_and_offsets(task)?;
+        if let Some(k) = counts.iter().position(|&n| n == 0) {
+            let set = task.directions[k].set;
+            return Err(Error::input(format!("sample set {set} is empty")));
         }
         let max_n = counts.iter().copied().max().unwrap_or(0);
         let width = (cfg.batch_size as i64).min(max_n);
@@ -108,6 +99,23 @@ impl Layout {
             batches,
             counts,
             offsets,
+            rank: None,
+        })
+    }
+
+    /// The layout of one rank of a data-parallel inversion (section 10):
+    /// the number of mini-batches comes from the ranks' summed sample
+    /// counts, as if one process held them all; each rank spreads its own
+    /// samples (possibly none) over that many mini-batches.
+    fn shared(task: &InversionTask, cfg: &InversionConfig, s: &mut Agreement) -> Result<Self> {
+        let (counts, offsets) = counts_and_offsets(task)?;
+        let (batches, width) = s.mini_batches(&counts, cfg.batch_size as i64)?;
+        Ok(Layout {
+            width,
+            batches,
+            counts,
+            offsets,
+            rank: Some(s.rank()),
         })
     }
 
@@ -129,10 +137,28 @@ impl Layout {
     /// shuffle of each direction's samples, wrapped around where short.
     /// Drawn on the host from the run's own RNG, so results never depend on
     /// libtorch's global generator (which other threads may reseed).
+    /// A data-parallel rank shuffles its own samples with a generator of
+    /// its own (one draw of the shared one, on the rank's ChaCha stream):
+    /// how many draws a shuffle takes depends on the rank's sample count,
+    /// and the shared generator must stay the same on every rank.
     fn shuffled_indices(&self, rng: &mut ChaCha8Rng, device: Device) -> Result<Tensor> {
+        let mut own;
+        let rng = match self.rank {
+            None => rng,
+            Some(rank) => {
+                own = ChaCha8Rng::seed_from_u64(rng.random());
+                own.set_stream(rank as u64);
+                &mut own
+            }
+        };
         let total = (self.batches * self.width) as usize;
         let mut all = Vec::with_capacity(total * self.counts.len());
         for (&n, &off) in self.counts.iter().zip(&self.offsets) {
+            if n == 0 {
+                // A rank without samples of this direction: weight-0 positions.
+                all.extend(std::iter::repeat(0).take(total));
+                continue;
+            }
             let mut perm: Vec<i64> = (off..off + n).collect();
             perm.shuffle(rng);
             all.extend((0..total).map(|p| perm[p % n as usize]));
@@ -141,6 +167,26 @@ impl Layout {
             .f_view([self.counts.len() as i64, total as i64])?
             .f_to_device(device)?)
     }
+}
+
+/// Each direction's sample count and the offset of its set in the
+/// concatenated sets.
+fn counts_and_offsets(task: &InversionTask) -> Result<(Vec<i64>, Vec<i64>)> {
+    let set_sizes: Vec<i64> = task.sets.iter().map(|s| s.size()[0]).collect();
+    let mut offsets = Vec::with_capacity(task.directions.len());
+    let mut counts = Vec::with_capacity(task.directions.len());
+    for d in &task.directions {
+        let n = *set_sizes.get(d.set).ok_or_else(|| {
+            Error::input(format!(
+                "direction names sample set {} of {}",
+                d.set,
+                set_sizes.len()
+            ))
+        })?;
+        offsets.push(set_sizes[..d.set].iter().sum());
+        counts.push(n);
+    }
+    Ok((counts, offsets))
 }
 
 /// Uniform values in `[lo, hi)` of the given shape, from the run's RNG.
@@ -253,6 +299,9 @@ fn sample_losses(
                 }
                 let k = k as i64;
                 let x = task.sets[d.set].f_to_device(device)?;
+                if x.size()[0] == 0 {
+                    return Ok(Vec::new()); // a data-parallel rank without samples
+                }
                 let stamped = stamp(&x, &masks.f_get(k)?, &patterns.f_get(k)?)?;
                 let n = x.size()[0];
                 let y = Tensor::f_full([n], d.target, (Kind::Int64, device))?;
@@ -315,6 +364,22 @@ pub fn invert(
     cfg: &InversionConfig,
     seed: u64,
 ) -> Result<Vec<DirectionOutcome>> {
+    invert_shared(model, task, cfg, seed, None)
+}
+
+/// [`invert`], data-parallel over the ranks of `shared` when it is set
+/// (docs/algorithm.md section 10): every rank passes its own samples (a set
+/// may be empty on some ranks) and the same seed; each mini-batch's mask
+/// and pattern gradients are summed over the ranks, and so are the success
+/// counts that decide the best trigger and the cost schedule, so every rank
+/// ends with the same triggers, optimised over the union of the samples.
+pub fn invert_shared(
+    model: &mut dyn Classifier,
+    task: &InversionTask,
+    cfg: &InversionConfig,
+    seed: u64,
+    mut shared: Option<&mut Agreement>,
+) -> Result<Vec<DirectionOutcome>> {
     let shape = validate_task(task)?;
     crate::config::validate_budget("inversion budget", &task.budget)?;
     model.set_train(false)?;
@@ -325,12 +390,24 @@ pub fn invert(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let device = model.device();
     let k = task.directions.len() as i64;
-    let layout = Layout::new(task, cfg)?;
-    let all = Tensor::f_cat(task.sets, 0)?
+    let layout = match shared.as_deref_mut() {
+        None => Layout::new(task, cfg)?,
+        Some(s) => Layout::shared(task, cfg, s)?,
+    };
+    let world = shared.as_ref().map_or(1, |s| s.world_size());
+    let mut all = Tensor::f_cat(task.sets, 0)?
         .f_to_device(device)?
         .f_to_kind(Kind::Float)?;
+    if all.size()[0] == 0 {
+        // A data-parallel rank without any sample: one image under weight 0.
+        all = Tensor::f_zeros([1, shape[0], shape[1], shape[2]], (Kind::Float, device))?;
+    }
     let weights = layout.weights(device)?;
-    let weight_sum = weights.f_sum_dim_intlist(1, false, Kind::Float)?;
+    let mut weight_sum = weights.f_sum_dim_intlist(1, false, Kind::Float)?;
+    if let Some(s) = shared.as_deref_mut() {
+        // Losses are means over the union of the ranks' samples.
+        weight_sum = s.sum_tensors(&[&weight_sum], device)?.remove(0);
+    }
     let targets: Vec<i64> = task.directions.iter().map(|d| d.target).collect();
     let targets = Tensor::f_from_slice(&targets)?
         .f_to_device(device)?
@@ -364,7 +441,13 @@ pub fn invert(
             break;
         }
         steps_run += 1;
-        let costs: Vec<f32> = schedules.iter().map(|s| s.cost as f32).collect();
+        // Each rank adds its share of the mask's L1 term, so that the summed
+        // gradient holds it once (division by 1 is exact: one process is
+        // unchanged).
+        let costs: Vec<f32> = schedules
+            .iter()
+            .map(|s| (s.cost / world as f64) as f32)
+            .collect();
         let costs = Tensor::f_from_slice(&costs)?.f_to_device(device)?;
         let order = layout.shuffled_indices(&mut rng, device)?;
         let mut hits = Tensor::f_zeros([k], (Kind::Float, device))?;
@@ -400,15 +483,13 @@ pub fn invert(
                 // no gradient (and libtorch aborts a backward without a graph).
                 return Err(independent_of_input());
             }
-            let grads = pass.backward(model, &loss, &[&tm, &tp])?;
+            let mut grads = pass.backward(model, &loss, &[&tm, &tp])?;
             if grads.iter().any(|g| !g.defined()) {
                 // The logits carry a graph (a parameter of the model), but
                 // not one that reaches the stamped input: the pattern gets no
                 // gradient at all, and the optimiser would fail on it.
                 return Err(independent_of_input());
             }
-            used = (m.f_detach()?, p.f_detach()?);
-            adam.step([&mut tm, &mut tp], &grads, cfg)?;
             let hit = crate::torch::grad::no_grad(|| -> Result<Tensor> {
                 let ok = logits
                     .f_argmax(-1, false)?
@@ -420,6 +501,12 @@ pub fn invert(
                     .f_sum_dim_intlist(1, false, Kind::Float)?)
             })?;
             hits = hits.f_add(&hit)?;
+            if let Some(s) = shared.as_deref_mut() {
+                let last = j + 1 == layout.batches;
+                s.sum_gradients(&mut grads, last.then_some(&mut hits), device)?;
+            }
+            used = (m.f_detach()?, p.f_detach()?);
+            adam.step([&mut tm, &mut tp], &grads, cfg)?;
         }
         // The candidate for "best" is the trigger the last mini-batch was
         // evaluated with (before its update), so that a saved trigger is one

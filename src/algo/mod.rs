@@ -3,6 +3,7 @@
 
 pub mod bounds;
 pub mod cache;
+pub mod collective;
 pub mod cost_schedule;
 pub mod distance;
 pub mod inversion;

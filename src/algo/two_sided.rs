@@ -5,7 +5,8 @@
 
 use tch::Tensor;
 
-use crate::algo::inversion::{invert, Direction, DirectionOutcome, InversionTask};
+use crate::algo::collective::Agreement;
+use crate::algo::inversion::{invert_shared, Direction, DirectionOutcome, InversionTask};
 use crate::algo::trigger::Trigger;
 use crate::config::{InversionBudget, InversionConfig};
 use crate::torch::model::Classifier;
@@ -25,13 +26,15 @@ pub struct Side<'a> {
 }
 
 /// Generates the triggers of the given sides jointly: two sides for the
-/// symmetric generation, one for the asymmetric baseline.
+/// symmetric generation, one for the asymmetric baseline. With `shared`,
+/// the samples are this rank's and the triggers are the ranks' common ones.
 pub fn generate(
     model: &mut dyn Classifier,
     sides: Vec<Side<'_>>,
     budget: InversionBudget,
     cfg: &InversionConfig,
     seed: u64,
+    shared: Option<&mut Agreement>,
 ) -> Result<Vec<DirectionOutcome>> {
     let sets: Vec<Tensor> = sides.iter().map(|s| s.samples.shallow_clone()).collect();
     let directions = sides
@@ -49,5 +52,5 @@ pub fn generate(
         budget,
         record_sample_losses: false,
     };
-    invert(model, &task, cfg, seed)
+    invert_shared(model, &task, cfg, seed, shared)
 }

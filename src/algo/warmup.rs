@@ -4,7 +4,8 @@
 
 use tch::Tensor;
 
-use crate::algo::inversion::{invert, Direction, DirectionOutcome, InversionTask};
+use crate::algo::collective::Agreement;
+use crate::algo::inversion::{invert_shared, Direction, DirectionOutcome, InversionTask};
 use crate::algo::trigger::Trigger;
 use crate::config::{InversionBudget, InversionConfig};
 use crate::torch::model::Classifier;
@@ -60,7 +61,10 @@ pub struct Universal {
 }
 
 /// Inverts the universal trigger of `target` on `pool` (per class samples;
-/// the target's own are skipped) and computes the prior scores.
+/// the target's own are skipped) and computes the prior scores. With
+/// `shared`, `pool` holds this rank's samples (possibly none), and the
+/// trigger and the prior scores are those of the union of the ranks'.
+#[allow(clippy::too_many_arguments)]
 pub fn universal_trigger(
     model: &mut dyn Classifier,
     pool: &[Tensor],
@@ -69,17 +73,22 @@ pub fn universal_trigger(
     cfg: &WarmupConfig,
     inversion: &InversionConfig,
     seed: u64,
+    shared: Option<&mut Agreement>,
 ) -> Result<Universal> {
     let sources: Vec<usize> = (0..pool.len())
         .filter(|&i| i != target && pool[i].size()[0] > 0)
         .collect();
-    if sources.is_empty() {
+    if sources.is_empty() && shared.is_none() {
         return Err(crate::Error::input(format!(
             "warm-up for class {target}: no samples of any other class seen yet"
         )));
     }
     let parts: Vec<&Tensor> = sources.iter().map(|&i| &pool[i]).collect();
-    let samples = Tensor::f_cat(&parts, 0)?;
+    let samples = match parts.first() {
+        Some(_) => Tensor::f_cat(&parts, 0)?,
+        // A data-parallel rank without samples still takes part.
+        None => pool[target].f_narrow(0, 0, 0)?,
+    };
     let owners: Vec<usize> = sources
         .iter()
         .flat_map(|&i| std::iter::repeat(i).take(pool[i].size()[0] as usize))
@@ -94,33 +103,59 @@ pub fn universal_trigger(
         budget: cfg.budget,
         record_sample_losses: true,
     };
-    let outcome = invert(model, &task, inversion, seed)?
+    let mut shared = shared;
+    let outcome = invert_shared(model, &task, inversion, seed, shared.as_deref_mut())?
         .pop()
         .ok_or_else(|| crate::Error::input("inversion returned no outcome"))?;
-    let prior = prior_scores(
+    let (sum, count) = prior_sums(
         pool.len(),
         &owners,
         &outcome.sample_loss_start,
         &outcome.sample_loss_best,
     );
+    let prior = match shared {
+        None => means(&sum, &count),
+        Some(s) => {
+            // Sums and counts over the ranks: the means of the union. Every
+            // rank takes the best trigger in the same step, so all ranks
+            // have end losses or none do.
+            let mut both: Vec<f32> = sum.iter().chain(&count).map(|&v| v as f32).collect();
+            s.sum(&mut both)?;
+            let (sum, count) = both.split_at(pool.len());
+            let sum: Vec<f64> = sum.iter().map(|&v| v as f64).collect();
+            let count: Vec<f64> = count.iter().map(|&v| v as f64).collect();
+            means(&sum, &count)
+        }
+    };
     Ok(Universal { outcome, prior })
 }
 
 /// Per class mean of `(start - end) / start` (0 where start is 0). With no
 /// recorded end (the inversion failed) every score is 0.
 pub fn prior_scores(n: usize, owners: &[usize], start: &[f64], end: &[f64]) -> Vec<f64> {
+    let (sum, count) = prior_sums(n, owners, start, end);
+    means(&sum, &count)
+}
+
+/// Per class sum of `(start - end) / start` and sample count (all zero
+/// without recorded end losses).
+fn prior_sums(n: usize, owners: &[usize], start: &[f64], end: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut sum = vec![0.0; n];
-    let mut count = vec![0usize; n];
+    let mut count = vec![0.0; n];
     if end.len() != start.len() {
-        return sum;
+        return (sum, count);
     }
     for ((&i, &s), &e) in owners.iter().zip(start).zip(end) {
         sum[i] += if s != 0.0 { (s - e) / s } else { 0.0 };
-        count[i] += 1;
+        count[i] += 1.0;
     }
+    (sum, count)
+}
+
+fn means(sum: &[f64], count: &[f64]) -> Vec<f64> {
     sum.iter()
         .zip(count)
-        .map(|(s, c)| if c > 0 { s / c as f64 } else { 0.0 })
+        .map(|(s, &c)| if c > 0.0 { s / c } else { 0.0 })
         .collect()
 }
 

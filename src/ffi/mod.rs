@@ -34,6 +34,7 @@ pub(crate) mod boundary;
 pub mod buffer;
 pub mod checkpoint;
 pub mod classifier;
+pub mod collective;
 pub mod config;
 pub mod distance;
 pub(crate) mod handle;

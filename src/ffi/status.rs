@@ -86,10 +86,15 @@ pub enum moth_status {
     /// NaN or infinite logits, or a step would have put non-finite values
     /// into the session (which is then unchanged).
     ModelOutput = -23,
+    /// The data-parallel ranks could not agree: a collective callback
+    /// failed (a timeout in the trainer's process group, say), the ranks
+    /// are out of step, or the session was hardened by another number of
+    /// ranks. The session is unchanged; stop every rank.
+    Collective = -24,
 }
 
 /// Every status, for tests and for `moth_status_name`.
-pub(crate) const ALL_STATUSES: [moth_status; 27] = [
+pub(crate) const ALL_STATUSES: [moth_status; 28] = [
     moth_status::Ok,
     moth_status::Done,
     moth_status::AccuracyWanted,
@@ -117,6 +122,7 @@ pub(crate) const ALL_STATUSES: [moth_status; 27] = [
     moth_status::Unsupported,
     moth_status::InvalidHandle,
     moth_status::ModelOutput,
+    moth_status::Collective,
 ];
 
 impl moth_status {
@@ -155,6 +161,7 @@ impl moth_status {
             moth_status::Unsupported => b"MOTH_STATUS_UNSUPPORTED\0",
             moth_status::InvalidHandle => b"MOTH_STATUS_INVALID_HANDLE\0",
             moth_status::ModelOutput => b"MOTH_STATUS_MODEL_OUTPUT\0",
+            moth_status::Collective => b"MOTH_STATUS_COLLECTIVE\0",
         }
     }
 }
@@ -213,6 +220,7 @@ impl From<Error> for FfiError {
             Error::Io { .. } => moth_status::Io,
             Error::Torch(_) => moth_status::Torch,
             Error::Callback(_) => moth_status::Callback,
+            Error::Collective(_) => moth_status::Collective,
             Error::Model(_) => moth_status::ModelOutput,
             Error::Cancelled(_) => moth_status::Cancelled,
             Error::Encode { .. } => moth_status::Format,

@@ -160,6 +160,18 @@ struct SavedSession {
     pairwise_next: usize,
 }
 
+/// What a checkpoint of a data-parallel session adds after the session: the
+/// number of ranks that took its steps. A single process writes no such
+/// part, so its checkpoints are those of moth before data parallelism, and
+/// a moth of that time refuses a data-parallel one (its payload would not
+/// be consumed) rather than resuming it as one process. The rank is not
+/// recorded: the ranks' sessions agree, so every rank writes the same
+/// bytes and any rank's file resumes any rank.
+#[derive(Serialize, Deserialize)]
+struct DataParallel {
+    world_size: u64,
+}
+
 impl Session {
     /// Serialises the whole session state into checkpoint bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -194,14 +206,41 @@ impl Session {
             accuracy: s.accuracy.clone(),
             pairwise_next: s.pairwise_next,
         };
-        container::encode(PayloadKind::Session, &saved)
+        if s.world_size == 1 {
+            return container::encode(PayloadKind::Session, &saved);
+        }
+        let dp = DataParallel {
+            world_size: s.world_size as u64,
+        };
+        container::encode(PayloadKind::Session, &(saved, dp))
     }
 
     /// Rebuilds a session from checkpoint bytes. With `expected`, refuses a
     /// checkpoint made for another class count or input shape.
     pub fn from_bytes(bytes: &[u8], expected: Option<SessionSpec>) -> Result<Session> {
-        let saved: SavedSession = container::decode(PayloadKind::Session, bytes)?;
-        restore(saved, expected)
+        let (saved, world_size) =
+            match container::decode::<SavedSession>(PayloadKind::Session, bytes) {
+                Ok(saved) => (saved, 1),
+                Err(single) => {
+                    // Only a payload with the data-parallel part decodes both
+                    // ways short of the end; report the plain failure otherwise.
+                    let (saved, dp) = container::decode::<(SavedSession, DataParallel)>(
+                        PayloadKind::Session,
+                        bytes,
+                    )
+                    .map_err(|_| single)?;
+                    if !(2..=4096).contains(&dp.world_size) {
+                        return Err(bad(format!(
+                            "the checkpoint records {} data-parallel ranks",
+                            dp.world_size
+                        )));
+                    }
+                    (saved, dp.world_size as usize)
+                }
+            };
+        let mut session = restore(saved, expected)?;
+        session.state.world_size = world_size;
+        Ok(session)
     }
 
     /// Saves the session atomically to `path`.
@@ -439,6 +478,7 @@ fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Ses
         rng: saved.rng,
         accuracy: saved.accuracy,
         pairwise_next: saved.pairwise_next,
+        world_size: 1,
     };
     Ok(Session {
         config: saved.config,
@@ -446,5 +486,6 @@ fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Ses
         state,
         resumed_from: Some(environment),
         stream: None,
+        shared: None,
     })
 }

@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::algo::bounds::Bounds;
 use crate::algo::cache::TriggerCache;
+use crate::algo::collective::{Agreement, Collective};
 use crate::algo::scheduler::{Pair, Scheduler};
 use crate::algo::trigger::Trigger;
 use crate::error::{InputKind, PhaseKind};
@@ -28,6 +29,7 @@ use crate::{Error, Result};
 
 pub mod checkpoint;
 mod config;
+mod data_parallel;
 mod phase;
 mod step;
 #[cfg(test)]
@@ -167,6 +169,8 @@ struct State {
     rng: ChaCha8Rng,
     accuracy: AccuracyState,
     pairwise_next: usize,
+    /// Ranks that took the steps so far (1 for one process).
+    world_size: usize,
 }
 
 /// A resumable MOTH hardening session. See the module documentation.
@@ -180,6 +184,9 @@ pub struct Session {
     /// The caller's CUDA stream for this session's work: a binding to this
     /// process, so never checkpointed.
     stream: Option<CudaStream>,
+    /// The trainer's collective in a data-parallel run: a binding to this
+    /// process too.
+    shared: Option<Agreement>,
 }
 
 impl Session {
@@ -210,6 +217,7 @@ impl Session {
                 ..Default::default()
             },
             pairwise_next: 0,
+            world_size: 1,
         };
         Ok(Session {
             config,
@@ -217,6 +225,7 @@ impl Session {
             state,
             resumed_from: None,
             stream: None,
+            shared: None,
         })
     }
 
@@ -248,6 +257,47 @@ impl Session {
     /// The stream set with [`Session::set_cuda_stream`].
     pub fn cuda_stream(&self) -> Option<CudaStream> {
         self.stream
+    }
+
+    /// Makes this session one rank of a data-parallel run (docs/algorithm.md
+    /// section 10): every rank drives its own session, with the same
+    /// configuration (or checkpoint), on its own shard of each batch, and the
+    /// sessions agree through `hook`, the trainer's collective. `None` makes
+    /// it a single process again. Not saved in checkpoints: set it again
+    /// after loading one. A session that took steps with N ranks continues
+    /// only with N (a checkpoint records N).
+    pub fn set_collective(&mut self, hook: Option<Box<dyn Collective>>) -> Result<()> {
+        let shared = hook.map(Agreement::new).transpose()?;
+        self.check_world(shared.as_ref().map_or(1, Agreement::world_size))?;
+        self.shared = shared;
+        Ok(())
+    }
+
+    /// The number of ranks that took this session's steps (1 for one process).
+    pub fn world_size(&self) -> usize {
+        self.state.world_size
+    }
+
+    /// Collective calls this session made since its hook was set (0 without one).
+    pub fn collective_calls(&self) -> u64 {
+        self.shared.as_ref().map_or(0, Agreement::calls)
+    }
+
+    fn check_world(&self, world: usize) -> Result<()> {
+        if self.state.step > 0 && world != self.state.world_size {
+            let with = |n: usize| match n {
+                1 => "one process".to_string(),
+                n => format!("{n} data-parallel ranks"),
+            };
+            return Err(Error::Collective(format!(
+                "this session took {} steps with {}; it cannot continue with {} (the ranks' \
+                 shards, warm-up pool and sample counts would no longer match what it learnt)",
+                self.state.step,
+                with(self.state.world_size),
+                with(world)
+            )));
+        }
+        Ok(())
     }
 
     /// What the next step will do.
@@ -346,14 +396,30 @@ impl Session {
                 "a clean-accuracy report is due (report_accuracy) before the next step",
             ));
         }
+        let world = self.shared.as_ref().map_or(1, Agreement::world_size);
+        self.check_world(world)?;
         let _scope = self.enter_stream(model.device())?;
         let labels = self.spec.validate_batch(x, y)?;
         let start = Instant::now();
         let mut next = self.state.clone();
+        next.world_size = world;
         let device = model.device();
         let xd = x.f_to_device(device)?.f_to_kind(Kind::Float)?;
-        next.add_to_pool(&self.config, x, &labels)?;
         let phase = next.phase;
+        let mut global_counts = None;
+        match self.shared.as_mut() {
+            None => next.add_to_pool(&self.config, x, &labels)?,
+            Some(s) => {
+                next.add_to_pool_shared(&self.config, &self.spec, x, &labels, s)?;
+                if !matches!(phase, Phase::Warmup { .. }) {
+                    global_counts = Some(data_parallel::global_counts(
+                        s,
+                        &labels,
+                        self.spec.num_classes,
+                    )?);
+                }
+            }
+        }
         let mut checked = validate::CheckedModel {
             inner: model,
             num_classes: self.spec.num_classes,
@@ -367,6 +433,8 @@ impl Session {
             stamped: xd.f_detach()?.copy(),
             reports: Vec::new(),
             inversion_steps: 0,
+            shared: self.shared.as_mut(),
+            global_counts,
         };
         match phase {
             Phase::Warmup { target } => next.warmup_step(&mut ctx, target)?,
@@ -398,6 +466,9 @@ impl Session {
                     checkpoint_detail(e)
                 ))
             })?;
+        if let Some(s) = self.shared.as_mut() {
+            next.check_agreement(s, &report.directions)?;
+        }
         // The caller gets its own element type back (a float64 or half batch
         // is worked on as float32).
         let inputs = stamped.f_to_device(x.device())?.f_to_kind(x.kind())?;

@@ -2,12 +2,14 @@
 //! orthogonalisation period and its end, and the baselines' steps.
 
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use super::{
     DirectionReport, DoneReason, Method, Period, Phase, SessionConfig, SessionSpec, State,
 };
+use crate::algo::collective::Agreement;
 use crate::algo::inversion::DirectionOutcome;
 use crate::algo::trigger::Trigger;
 use crate::algo::two_sided::{self, Side};
@@ -26,11 +28,31 @@ pub(super) struct StepContext<'a> {
     pub(super) stamped: Tensor,
     pub(super) reports: Vec<DirectionReport>,
     pub(super) inversion_steps: usize,
+    /// The ranks' agreement in a data-parallel run.
+    pub(super) shared: Option<&'a mut Agreement>,
+    /// Per-class sample counts of the whole batch (all ranks) in a
+    /// data-parallel run, outside warm-up.
+    pub(super) global_counts: Option<Vec<usize>>,
 }
 
 impl StepContext<'_> {
     fn positions(&self, class: usize) -> Vec<i64> {
         positions_of(self.labels, class)
+    }
+
+    /// `count` of `from`, chosen with the session's generator. A
+    /// data-parallel rank chooses among its own samples with a generator of
+    /// its own (one draw of the session's, on the rank's ChaCha stream), so
+    /// that the session's generator stays the same on every rank.
+    fn pick(&self, rng: &mut ChaCha8Rng, from: &[i64], count: usize) -> Vec<i64> {
+        match &self.shared {
+            None => pick(rng, from, count),
+            Some(s) => {
+                let mut own = ChaCha8Rng::seed_from_u64(rng.random());
+                own.set_stream(s.rank() as u64);
+                pick(&mut own, from, count)
+            }
+        }
     }
 
     fn samples(&self, positions: &[i64]) -> Result<Tensor> {
@@ -93,11 +115,25 @@ impl State {
 
     pub(super) fn warmup_step(&mut self, ctx: &mut StepContext, target: usize) -> Result<()> {
         let device = ctx.model.device();
+        // Data-parallel ranks hold the same pool (rank 0's) and each inverts
+        // on its share of every class (every world-th sample), so that the
+        // union is the pool once.
+        let (rank, world) = ctx
+            .shared
+            .as_ref()
+            .map_or((0, 1), |s| (s.rank() as i64, s.world_size() as i64));
         let pool = self
             .pool
             .0
             .iter()
-            .map(|p| p.f_to_device(device))
+            .map(|p| {
+                let p = if world > 1 {
+                    p.f_slice(0, rank, p.size()[0], world)?
+                } else {
+                    p.shallow_clone()
+                };
+                p.f_to_device(device)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let init = self.universal.get(&target).cloned();
         let seed = self.rng.random();
@@ -109,6 +145,7 @@ impl State {
             &ctx.cfg.warmup,
             &ctx.cfg.inversion,
             seed,
+            ctx.shared.as_deref_mut(),
         )?;
         ctx.inversion_steps += u.outcome.steps;
         let trigger = cpu_trigger(&u.outcome.trigger)?;
@@ -150,7 +187,7 @@ impl State {
             return Ok(0);
         }
         let others = positions_except(ctx.labels, target);
-        let chosen = pick(
+        let chosen = ctx.pick(
             &mut self.rng,
             &others,
             (others.len() as f64 * ratio).floor() as usize,
@@ -179,10 +216,13 @@ impl State {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let others_present = per_class
-            .iter()
-            .enumerate()
-            .any(|(c, t)| c != target && t.size()[0] > 0);
+        let others_present = match &ctx.global_counts {
+            None => per_class
+                .iter()
+                .enumerate()
+                .any(|(c, t)| c != target && t.size()[0] > 0),
+            Some(g) => g.iter().enumerate().any(|(c, &n)| c != target && n > 0),
+        };
         if !others_present {
             return Ok(()); // the batch holds only the target class: train on it clean
         }
@@ -205,6 +245,7 @@ impl State {
             &wcfg,
             &ctx.cfg.inversion,
             seed,
+            ctx.shared.as_deref_mut(),
         )?;
         ctx.inversion_steps += u.outcome.steps;
         let trigger = cpu_trigger(&u.outcome.trigger)?;
@@ -246,7 +287,13 @@ impl State {
             let (s, t) = (period.pair.source, period.pair.target);
             let positions = [ctx.positions(s), ctx.positions(t)];
             let n = stamp_count(cfg, positions[0].len().min(positions[1].len()));
-            if n == 0 {
+            // Data-parallel ranks decide on the whole batch's counts (a rank
+            // may then stamp none of its own samples).
+            let inverted = match &ctx.global_counts {
+                None => n > 0,
+                Some(g) => stamp_count(cfg, g[s].min(g[t])) > 0,
+            };
+            if !inverted {
                 continue; // too few samples of the pair: it stays clean this step
             }
             let restart = step_in_period == 0 || period.failed || cfg.method == Method::Pairwise;
@@ -321,7 +368,14 @@ impl State {
             })
             .collect();
         let seed = self.rng.random();
-        let found = two_sided::generate(ctx.model, sides, budget, &ctx.cfg.inversion, seed)?;
+        let found = two_sided::generate(
+            ctx.model,
+            sides,
+            budget,
+            &ctx.cfg.inversion,
+            seed,
+            ctx.shared.as_deref_mut(),
+        )?;
         ctx.inversion_steps += found.first().map_or(0, |o| o.steps);
         for (&(i, d), o) in members.iter().zip(found) {
             outcomes[i][d] = Some(o);
@@ -345,7 +399,7 @@ impl State {
         if o.reached {
             let trigger = cpu_trigger(&o.trigger)?;
             if self.bounds.allows(&cfg.bounds, victim, target, o.size) {
-                let chosen = pick(&mut self.rng, &plan.positions[d], plan.n);
+                let chosen = ctx.pick(&mut self.rng, &plan.positions[d], plan.n);
                 ctx.stamp(&trigger, &chosen)?;
                 stamped = chosen.len();
             }

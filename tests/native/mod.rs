@@ -12,6 +12,8 @@ use std::time::SystemTime;
 
 use tch::{Device, Kind, Tensor};
 
+pub mod ranks;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
