@@ -121,6 +121,47 @@ fn period_runs_three_steps_with_two_sided_generation_and_stamps_true_labels() {
     assert!(s.scheduler().size[pair.source][pair.target] > 0.0);
 }
 
+/// The reuse lever (`later.steps = 0`): a period's later steps stamp the
+/// triggers its first step found, with no inversion, on the same samples'
+/// classes and with the same sizes.
+#[test]
+fn reuse_stamps_the_first_steps_triggers_without_inverting_again() {
+    let mut model = three_class_model();
+    let mut cfg = small_config(Method::Moth);
+    cfg.later.steps = 0;
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(10, 2);
+    for _ in 0..3 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    let first = s.harden_batch(&mut model, &x, &y).unwrap();
+    assert!(first.report.inversion_steps > 0, "the first step inverts");
+    let found: Vec<f64> = first.report.directions.iter().map(|d| d.size).collect();
+    let all_reached = first.report.directions.iter().all(|d| d.reached);
+    for _ in 1..3 {
+        let h = s.harden_batch(&mut model, &x, &y).unwrap();
+        if !all_reached {
+            break; // a failure sends the next step back to the long budget
+        }
+        assert_eq!(h.report.inversion_steps, 0, "later steps reuse");
+        let sizes: Vec<f64> = h.report.directions.iter().map(|d| d.size).collect();
+        assert_eq!(sizes, found, "the same triggers, so the same sizes");
+        for (d, f) in h.report.directions.iter().zip(&first.report.directions) {
+            assert!(d.reached);
+            assert_eq!(d.stamped, f.stamped, "the same bound decision");
+        }
+    }
+}
+
+/// `later.steps = 0` is the reuse lever; `first.steps = 0` stays an error.
+#[test]
+fn only_the_later_budget_may_be_zero() {
+    let base = small_config(Method::Moth);
+    assert!(base.with_json(r#"{"later": {"steps": 0}}"#).is_ok());
+    let err = base.with_json(r#"{"first": {"steps": 0}}"#).unwrap_err();
+    assert!(err.to_string().contains("first.steps"), "{err}");
+}
+
 #[test]
 fn rejected_inputs_leave_the_session_unchanged() {
     let mut model = three_class_model();

@@ -257,7 +257,10 @@ impl SessionConfig {
         self.inversion.validate()?;
         self.warmup.validate()?;
         crate::config::validate_budget("first", &self.first)?;
-        crate::config::validate_budget("later", &self.later)?;
+        if self.later.steps > 0 {
+            // 0 is the reuse lever: later steps stamp the period's trigger as it is.
+            crate::config::validate_budget("later", &self.later)?;
+        }
         if self.period == 0 {
             return Err(Error::Config("period must be at least 1".into()));
         }
