@@ -281,6 +281,110 @@ fn accuracy_protocol_and_accuracy_bound() {
     );
 }
 
+/// With `recover_steps`, crossing the bound hands back clean batches (no
+/// inversion, no stamp) until a check is within half the bound; then a new
+/// period starts. A recovery that does not succeed in time ends the
+/// session at the bound.
+#[test]
+fn recovery_trains_clean_until_accuracy_is_back() {
+    let mut model = three_class_model();
+    let cfg = SessionConfig {
+        accuracy_every: 2,
+        max_accuracy_drop: 0.01,
+        recover_steps: 4,
+        ..small_config(Method::Moth)
+    };
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(4, 4);
+    s.report_accuracy(0.90).unwrap();
+    for _ in 0..4 {
+        s.harden_batch(&mut model, &x, &y).unwrap(); // warm-up (3) and a first period step
+        if s.wants_accuracy() {
+            s.report_accuracy(0.90).unwrap();
+        }
+    }
+    assert!(matches!(s.phase(), Phase::Orthogonalize { .. }));
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    while !s.wants_accuracy() {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    let v = s.report_accuracy(0.88).unwrap();
+    assert!(matches!(v, AccuracyVerdict::Recovering { .. }), "{v:?}");
+    assert_eq!(s.phase(), Phase::Recover { since: 0 });
+    for k in 0..2 {
+        let h = s.harden_batch(&mut model, &x, &y).unwrap();
+        assert!(h.report.directions.is_empty() && h.report.inversion_steps == 0);
+        assert!(
+            h.inputs.equal(&x),
+            "a recovery step hands back the clean batch"
+        );
+        assert_eq!(s.phase(), Phase::Recover { since: k + 1 });
+    }
+    // Within the bound but not within half of it: keep recovering.
+    let v = s.report_accuracy(0.894).unwrap();
+    assert!(matches!(v, AccuracyVerdict::WithinBound { .. }), "{v:?}");
+    assert_eq!(s.phase(), Phase::Recover { since: 2 });
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    let v = s.report_accuracy(0.897).unwrap();
+    assert!(matches!(v, AccuracyVerdict::WithinBound { .. }), "{v:?}");
+    match s.phase() {
+        Phase::Orthogonalize {
+            step_in_period: 0, ..
+        } => {}
+        p => panic!("hardening resumes with a new period, got {p}"),
+    }
+    // A second crossing whose recovery runs out of steps ends the session.
+    while !s.wants_accuracy() {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    s.report_accuracy(0.85).unwrap();
+    for _ in 0..2 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        let v = s.report_accuracy(0.86).unwrap();
+        if s.is_done() {
+            assert!(matches!(v, AccuracyVerdict::Exceeded { .. }), "{v:?}");
+        } else {
+            assert!(matches!(v, AccuracyVerdict::Recovering { .. }), "{v:?}");
+        }
+    }
+    assert_eq!(
+        s.phase(),
+        Phase::Done {
+            reason: DoneReason::AccuracyBound
+        },
+        "4 clean steps did not bring the accuracy back"
+    );
+}
+
+/// A session saved during recovery resumes there, bit-exactly.
+#[test]
+fn a_session_in_recovery_round_trips() {
+    let mut model = three_class_model();
+    let cfg = SessionConfig {
+        accuracy_every: 1,
+        recover_steps: 10,
+        ..small_config(Method::Moth)
+    };
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(4, 4);
+    s.report_accuracy(0.9).unwrap();
+    for _ in 0..4 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        s.report_accuracy(0.9).unwrap();
+    }
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    s.report_accuracy(0.8).unwrap();
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    assert_eq!(s.phase(), Phase::Recover { since: 1 });
+    let bytes = s.to_bytes().unwrap();
+    let back = Session::from_bytes(&bytes, None).unwrap();
+    assert_eq!(back.phase(), Phase::Recover { since: 1 });
+    assert_eq!(back.config().recover_steps, 10);
+    assert_eq!(back.to_bytes().unwrap(), bytes);
+}
+
 #[test]
 fn step_budget_ends_the_session() {
     let mut model = three_class_model();

@@ -409,6 +409,7 @@ impl State {
                     target: (target + 1) % n,
                 }
             }
+            Phase::Recover { since } => Phase::Recover { since: since + 1 },
             done @ Phase::Done { .. } => done,
         };
         let budget_spent = cfg.max_steps > 0 && self.step >= cfg.max_steps;
@@ -425,7 +426,7 @@ impl State {
     }
 
     /// The first phase of a new period (or of the universal baseline).
-    fn start_hardening(&mut self, cfg: &SessionConfig) -> Phase {
+    pub(super) fn start_hardening(&mut self, cfg: &SessionConfig) -> Phase {
         if cfg.method == Method::Universal {
             return Phase::Universal { target: 0 };
         }
@@ -463,7 +464,7 @@ impl State {
 
     /// The post-selection update and bound growth of every pair, with the
     /// period's mean sizes.
-    fn end_periods(&mut self, cfg: &SessionConfig) {
+    pub(super) fn end_periods(&mut self, cfg: &SessionConfig) {
         for period in &self.periods {
             let pair = period.pair;
             let (st, ts) = (
