@@ -25,10 +25,12 @@ variants=(
     "$ref+period=1"                          # period length
     "$ref+first.steps=100+later.steps=25"    # inversion budgets halved
     "$ref+warmup.budget.steps=100+inversion.early_stop=10"  # cheaper inversions
+    "$ref+period=6+later.steps=0"            # reuse: later steps stamp the period's trigger
     "$ref+lr=3e-4"                           # training learning rate
     "$ref+accuracy_every=0"                  # fixed epochs, no accuracy stop
     "$ref+epochs=2"                          # the reference's own 2 epochs
     "moth"                                   # the default preset
+    "moth+period=6+later.steps=0"            # the default preset with reuse
     "asymmetric"                             # default preset, one direction per step (Fig. 6)
 )
 joined=$(IFS=,; echo "${variants[*]}")

@@ -121,6 +121,47 @@ fn period_runs_three_steps_with_two_sided_generation_and_stamps_true_labels() {
     assert!(s.scheduler().size[pair.source][pair.target] > 0.0);
 }
 
+/// The reuse lever (`later.steps = 0`): a period's later steps stamp the
+/// triggers its first step found, with no inversion, on the same samples'
+/// classes and with the same sizes.
+#[test]
+fn reuse_stamps_the_first_steps_triggers_without_inverting_again() {
+    let mut model = three_class_model();
+    let mut cfg = small_config(Method::Moth);
+    cfg.later.steps = 0;
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(10, 2);
+    for _ in 0..3 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    let first = s.harden_batch(&mut model, &x, &y).unwrap();
+    assert!(first.report.inversion_steps > 0, "the first step inverts");
+    let found: Vec<f64> = first.report.directions.iter().map(|d| d.size).collect();
+    let all_reached = first.report.directions.iter().all(|d| d.reached);
+    for _ in 1..3 {
+        let h = s.harden_batch(&mut model, &x, &y).unwrap();
+        if !all_reached {
+            break; // a failure sends the next step back to the long budget
+        }
+        assert_eq!(h.report.inversion_steps, 0, "later steps reuse");
+        let sizes: Vec<f64> = h.report.directions.iter().map(|d| d.size).collect();
+        assert_eq!(sizes, found, "the same triggers, so the same sizes");
+        for (d, f) in h.report.directions.iter().zip(&first.report.directions) {
+            assert!(d.reached);
+            assert_eq!(d.stamped, f.stamped, "the same bound decision");
+        }
+    }
+}
+
+/// `later.steps = 0` is the reuse lever; `first.steps = 0` stays an error.
+#[test]
+fn only_the_later_budget_may_be_zero() {
+    let base = small_config(Method::Moth);
+    assert!(base.with_json(r#"{"later": {"steps": 0}}"#).is_ok());
+    let err = base.with_json(r#"{"first": {"steps": 0}}"#).unwrap_err();
+    assert!(err.to_string().contains("first.steps"), "{err}");
+}
+
 #[test]
 fn rejected_inputs_leave_the_session_unchanged() {
     let mut model = three_class_model();
@@ -238,6 +279,110 @@ fn accuracy_protocol_and_accuracy_bound() {
         matches!(e, Error::Phase(_)) && e.to_string().contains("done"),
         "{e}"
     );
+}
+
+/// With `recover_steps`, crossing the bound hands back clean batches (no
+/// inversion, no stamp) until a check is within half the bound; then a new
+/// period starts. A recovery that does not succeed in time ends the
+/// session at the bound.
+#[test]
+fn recovery_trains_clean_until_accuracy_is_back() {
+    let mut model = three_class_model();
+    let cfg = SessionConfig {
+        accuracy_every: 2,
+        max_accuracy_drop: 0.01,
+        recover_steps: 4,
+        ..small_config(Method::Moth)
+    };
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(4, 4);
+    s.report_accuracy(0.90).unwrap();
+    for _ in 0..4 {
+        s.harden_batch(&mut model, &x, &y).unwrap(); // warm-up (3) and a first period step
+        if s.wants_accuracy() {
+            s.report_accuracy(0.90).unwrap();
+        }
+    }
+    assert!(matches!(s.phase(), Phase::Orthogonalize { .. }));
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    while !s.wants_accuracy() {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    let v = s.report_accuracy(0.88).unwrap();
+    assert!(matches!(v, AccuracyVerdict::Recovering { .. }), "{v:?}");
+    assert_eq!(s.phase(), Phase::Recover { since: 0 });
+    for k in 0..2 {
+        let h = s.harden_batch(&mut model, &x, &y).unwrap();
+        assert!(h.report.directions.is_empty() && h.report.inversion_steps == 0);
+        assert!(
+            h.inputs.equal(&x),
+            "a recovery step hands back the clean batch"
+        );
+        assert_eq!(s.phase(), Phase::Recover { since: k + 1 });
+    }
+    // Within the bound but not within half of it: keep recovering.
+    let v = s.report_accuracy(0.894).unwrap();
+    assert!(matches!(v, AccuracyVerdict::WithinBound { .. }), "{v:?}");
+    assert_eq!(s.phase(), Phase::Recover { since: 2 });
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    let v = s.report_accuracy(0.897).unwrap();
+    assert!(matches!(v, AccuracyVerdict::WithinBound { .. }), "{v:?}");
+    match s.phase() {
+        Phase::Orthogonalize {
+            step_in_period: 0, ..
+        } => {}
+        p => panic!("hardening resumes with a new period, got {p}"),
+    }
+    // A second crossing whose recovery runs out of steps ends the session.
+    while !s.wants_accuracy() {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    s.report_accuracy(0.85).unwrap();
+    for _ in 0..2 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        let v = s.report_accuracy(0.86).unwrap();
+        if s.is_done() {
+            assert!(matches!(v, AccuracyVerdict::Exceeded { .. }), "{v:?}");
+        } else {
+            assert!(matches!(v, AccuracyVerdict::Recovering { .. }), "{v:?}");
+        }
+    }
+    assert_eq!(
+        s.phase(),
+        Phase::Done {
+            reason: DoneReason::AccuracyBound
+        },
+        "4 clean steps did not bring the accuracy back"
+    );
+}
+
+/// A session saved during recovery resumes there, bit-exactly.
+#[test]
+fn a_session_in_recovery_round_trips() {
+    let mut model = three_class_model();
+    let cfg = SessionConfig {
+        accuracy_every: 1,
+        recover_steps: 10,
+        ..small_config(Method::Moth)
+    };
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(4, 4);
+    s.report_accuracy(0.9).unwrap();
+    for _ in 0..4 {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+        s.report_accuracy(0.9).unwrap();
+    }
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    s.report_accuracy(0.8).unwrap();
+    s.harden_batch(&mut model, &x, &y).unwrap();
+    assert_eq!(s.phase(), Phase::Recover { since: 1 });
+    let bytes = s.to_bytes().unwrap();
+    let back = Session::from_bytes(&bytes, None).unwrap();
+    assert_eq!(back.phase(), Phase::Recover { since: 1 });
+    assert_eq!(back.config().recover_steps, 10);
+    assert_eq!(back.to_bytes().unwrap(), bytes);
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub enum moth_phase_kind {
     Universal = 2,
     /// Finished (`done_reason` says why); no further hardening.
     Done = 3,
+    /// Recovery (`recover_steps`): accuracy fell beyond the bound; the next
+    /// step hands back the clean batch. `step_in_period` counts the clean
+    /// steps taken so far.
+    Recover = 4,
 }
 
 /// Why a session finished.
@@ -109,6 +113,10 @@ pub enum moth_verdict {
     /// Beyond the bound: the session is done; return to the last model
     /// that was within the bound.
     Exceeded = 3,
+    /// Beyond the bound, and the session recovers (`recover_steps`): keep
+    /// training this model on the clean batches it hands back; do not
+    /// record it as a good one.
+    Recovering = 4,
 }
 
 // SAFETY: 0 is moth_verdict::None.
@@ -184,6 +192,10 @@ pub(crate) fn phase_to_c(p: Phase) -> moth_phase {
         Phase::Universal { target } => {
             c.kind = moth_phase_kind::Universal;
             c.target = target;
+        }
+        Phase::Recover { since } => {
+            c.kind = moth_phase_kind::Recover;
+            c.step_in_period = usize::try_from(since).unwrap_or(usize::MAX);
         }
         Phase::Done { reason } => {
             c.kind = moth_phase_kind::Done;

@@ -300,6 +300,7 @@ pub unsafe extern "C" fn moth_session_report_accuracy(
             AccuracyVerdict::Baseline => (moth_verdict::Baseline, 0.0),
             AccuracyVerdict::WithinBound { drop } => (moth_verdict::WithinBound, drop),
             AccuracyVerdict::Exceeded { drop } => (moth_verdict::Exceeded, drop),
+            AccuracyVerdict::Recovering { drop } => (moth_verdict::Recovering, drop),
         };
         s.log_with(moth_log_level::Info, || {
             format!(

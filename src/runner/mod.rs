@@ -228,6 +228,12 @@ impl<'a> HardenRun<'a> {
             AccuracyVerdict::Baseline | AccuracyVerdict::WithinBound { .. } => {
                 self.last_good = Some(self.model.variables_saved()?);
             }
+            AccuracyVerdict::Recovering { drop } => {
+                log::info!(
+                    "accuracy dropped by {:.2} points: training clean until it recovers",
+                    100.0 * drop
+                );
+            }
             AccuracyVerdict::Exceeded { drop } => {
                 log::info!("accuracy dropped by {:.2} points: returning to the last model within the bound", 100.0 * drop);
                 if let Some(saved) = &self.last_good {

@@ -289,7 +289,7 @@ fn check_phase(phase: &Phase, n: usize) -> Result<()> {
         Phase::Orthogonalize { pair, .. } => {
             pair.source < n && pair.target < n && pair.source != pair.target
         }
-        Phase::Done { .. } => true,
+        Phase::Done { .. } | Phase::Recover { .. } => true,
     };
     if ok {
         Ok(())

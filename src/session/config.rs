@@ -93,6 +93,12 @@ pub struct SessionConfig {
     pub accuracy_every: u64,
     /// Stop when accuracy falls more than this below the baseline (0.01 = 1 point).
     pub max_accuracy_drop: f64,
+    /// Recovery instead of stopping: when a check finds accuracy beyond the
+    /// bound, train clean (no inversion, no stamping) for up to this many
+    /// steps, and resume hardening once a check is within half the bound;
+    /// stop only when that does not happen in time. 0 = the paper's rule:
+    /// stop at the bound.
+    pub recover_steps: u64,
 }
 
 /// A named set of settings: the session's here, the training loop's in
@@ -191,6 +197,7 @@ impl SessionConfig {
             max_steps: 0,
             accuracy_every: 10,
             max_accuracy_drop: 0.01,
+            recover_steps: 0,
         }
     }
 }
@@ -238,7 +245,10 @@ impl SessionConfig {
         self.inversion.validate()?;
         self.warmup.validate()?;
         crate::config::validate_budget("first", &self.first)?;
-        crate::config::validate_budget("later", &self.later)?;
+        if self.later.steps > 0 {
+            // 0 is the reuse lever: later steps stamp the period's trigger as it is.
+            crate::config::validate_budget("later", &self.later)?;
+        }
         if self.period == 0 {
             return Err(Error::Config("period must be at least 1".into()));
         }

@@ -31,6 +31,7 @@ pub mod checkpoint;
 mod config;
 mod data_parallel;
 mod phase;
+mod recovery;
 mod step;
 #[cfg(test)]
 mod stream_tests;
@@ -110,6 +111,13 @@ pub enum AccuracyVerdict {
     /// Beyond the bound: the session is done; the caller should return to
     /// the last model that was within the bound.
     Exceeded {
+        /// Baseline minus this accuracy.
+        drop: f64,
+    },
+    /// Beyond the bound, and the session recovers (`recover_steps`): it
+    /// hands back clean batches until accuracy is back; the caller keeps
+    /// training this model and does not record it as a good one.
+    Recovering {
         /// Baseline minus this accuracy.
         drop: f64,
     },
@@ -363,14 +371,7 @@ impl Session {
             return Ok(AccuracyVerdict::Baseline);
         };
         let drop = base - accuracy;
-        if drop > self.config.max_accuracy_drop {
-            self.state.phase = Phase::Done {
-                reason: DoneReason::AccuracyBound,
-            };
-            Ok(AccuracyVerdict::Exceeded { drop })
-        } else {
-            Ok(AccuracyVerdict::WithinBound { drop })
-        }
+        Ok(self.state.judge_accuracy(&self.config, drop))
     }
 
     /// Runs one hardening step on the batch `x` (`[n, C, H, W]` floats in
@@ -442,6 +443,7 @@ impl Session {
                 next.orthogonalize_step(&mut ctx, step_in_period)?
             }
             Phase::Universal { target } => next.universal_step(&mut ctx, target)?,
+            Phase::Recover { .. } => {} // the clean batch is the step
             Phase::Done { .. } => unreachable!("checked above"),
         }
         let StepContext {

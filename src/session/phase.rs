@@ -40,6 +40,13 @@ pub enum Phase {
         /// Why.
         reason: DoneReason,
     },
+    /// Recovery (`recover_steps`): accuracy fell beyond the bound, so the
+    /// next step trains on the clean batch; hardening resumes with a new
+    /// period once a check is within half the bound.
+    Recover {
+        /// Clean steps taken since the bound was crossed.
+        since: u64,
+    },
 }
 
 impl DoneReason {
@@ -77,6 +84,7 @@ impl fmt::Display for Phase {
             ),
             Phase::Universal { target } => write!(f, "universal, target {target}"),
             Phase::Done { reason } => write!(f, "done: {reason}"),
+            Phase::Recover { since } => write!(f, "recovery, clean step {}", since + 1),
         }
     }
 }
@@ -101,5 +109,9 @@ mod tests {
         assert_eq!(done.to_string(), "done: accuracy fell below the bound");
         assert_eq!(DoneReason::StepBudget.name(), "step-budget");
         assert!(!format!("{}", Phase::Warmup { target: 2 }).contains('{'));
+        assert_eq!(
+            Phase::Recover { since: 0 }.to_string(),
+            "recovery, clean step 1"
+        );
     }
 }

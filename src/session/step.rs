@@ -16,7 +16,7 @@ use crate::algo::two_sided::{self, Side};
 use crate::algo::warmup::{self, WarmupConfig};
 use crate::labels::{positions_except, positions_of};
 use crate::torch::model::Classifier;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What one step works on and produces.
 pub(super) struct StepContext<'a> {
@@ -296,13 +296,16 @@ impl State {
             if !inverted {
                 continue; // too few samples of the pair: it stays clean this step
             }
-            let restart = step_in_period == 0 || period.failed || cfg.method == Method::Pairwise;
-            period.failed = false;
             // Which directions: 0 = s -> t, 1 = t -> s.
             let dirs = match cfg.method {
                 Method::Asymmetric => vec![self.rng.random_range(0..2)],
                 _ => vec![0, 1],
             };
+            // Reuse (later.steps = 0) needs triggers this period has found.
+            let unfound = cfg.later.steps == 0 && dirs.iter().any(|&d| period.sizes[d].is_empty());
+            let restart =
+                step_in_period == 0 || period.failed || unfound || cfg.method == Method::Pairwise;
+            period.failed = false;
             plans.push(PairPlan {
                 index,
                 positions,
@@ -342,6 +345,13 @@ impl State {
             .flat_map(|(i, p)| p.dirs.iter().map(move |&d| (i, d)))
             .collect();
         if members.is_empty() {
+            return Ok(());
+        }
+        if !restart && ctx.cfg.later.steps == 0 {
+            for &(i, d) in &members {
+                let init = self.periods[plans[i].index].init[d].clone();
+                outcomes[i][d] = Some(reused(init)?);
+            }
             return Ok(());
         }
         let budget = if restart {
@@ -453,6 +463,7 @@ impl State {
                     target: (target + 1) % n,
                 }
             }
+            Phase::Recover { since } => Phase::Recover { since: since + 1 },
             done @ Phase::Done { .. } => done,
         };
         let budget_spent = cfg.max_steps > 0 && self.step >= cfg.max_steps;
@@ -469,7 +480,7 @@ impl State {
     }
 
     /// The first phase of a new period (or of the universal baseline).
-    fn start_hardening(&mut self, cfg: &SessionConfig) -> Phase {
+    pub(super) fn start_hardening(&mut self, cfg: &SessionConfig) -> Phase {
         if cfg.method == Method::Universal {
             return Phase::Universal { target: 0 };
         }
@@ -507,7 +518,7 @@ impl State {
 
     /// The post-selection update and bound growth of every pair, with the
     /// period's mean sizes.
-    fn end_periods(&mut self, cfg: &SessionConfig) {
+    pub(super) fn end_periods(&mut self, cfg: &SessionConfig) {
         for period in &self.periods {
             let pair = period.pair;
             let (st, ts) = (
@@ -519,6 +530,28 @@ impl State {
             self.bounds.grow(&cfg.bounds, pair.target, pair.source, ts);
         }
     }
+}
+
+/// The outcome of a later step under the reuse lever: the trigger the
+/// period found at an earlier step, stamped as it is. It reached the ASR
+/// bound when it was found, one or two training steps ago.
+fn reused(init: Option<Trigger>) -> Result<DirectionOutcome> {
+    let Some(trigger) = init else {
+        return Err(Error::Model(
+            "reuse without a trigger found in this period".into(),
+        ));
+    };
+    let size = trigger.size()?;
+    Ok(DirectionOutcome {
+        trigger,
+        reached: true,
+        size,
+        asr: 0.0,
+        final_cost: 0.0,
+        steps: 0,
+        sample_loss_start: Vec::new(),
+        sample_loss_best: Vec::new(),
+    })
 }
 
 /// Mean of the successful (non-zero) sizes; 0 when none.
