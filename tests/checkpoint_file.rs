@@ -166,7 +166,7 @@ fn header_fields_are_checked_in_order_with_clear_messages() {
     assert_eq!(
         reason(&b),
         format!(
-            "format version {}, this moth reads versions 2 and {FORMAT_VERSION}",
+            "format version {}, this moth reads versions 2 to {FORMAT_VERSION}",
             FORMAT_VERSION + 1
         )
     );

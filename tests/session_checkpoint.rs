@@ -167,8 +167,10 @@ fn damaged_session_checkpoints_are_refused_without_panicking() {
 
 /// Written by moth before the CRC covered the header (format 2): still read.
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v2.ckpt");
-/// Written by this moth (format 3).
+/// Written by moth before recovery (format 3): still read.
 const GOLDEN_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v3.ckpt");
+/// Written by this moth (format 4).
+const GOLDEN_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v4.ckpt");
 /// Written by moth before multi-pair periods (format 1): refused by name.
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/session-v1.ckpt");
 
@@ -179,7 +181,7 @@ fn a_checkpoint_of_the_previous_format_is_refused_with_its_version() {
     assert!(matches!(e, Error::Checkpoint(_)), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.contains("format version 1") && msg.contains("versions 2 and 3"),
+        msg.contains("format version 1") && msg.contains("versions 2 to 4"),
         "{msg}"
     );
 }
@@ -207,18 +209,38 @@ fn golden_checkpoint_still_loads() {
     check_golden(GOLDEN);
 }
 
+/// A format 3 file gets the configuration's fields of its time and the
+/// paper's stopping rule (no recovery).
 #[test]
-fn golden_v3_checkpoint_loads() {
+fn golden_v3_checkpoint_loads_without_recovery() {
     let bytes = std::fs::read(GOLDEN_V3).unwrap();
-    assert_eq!(parse_header(&bytes).unwrap().format_version, FORMAT_VERSION);
+    assert_eq!(parse_header(&bytes).unwrap().format_version, 3);
     check_golden(GOLDEN_V3);
+    let s = Session::from_bytes(&bytes, Some(spec())).unwrap();
+    assert_eq!(s.config().recover_steps, 0);
 }
 
-/// Every single-byte change of a format 3 file, anywhere (the moth version
-/// string in the header included), is refused as a damaged checkpoint.
 #[test]
-fn any_single_byte_change_of_a_v3_file_is_detected() {
-    let good = std::fs::read(GOLDEN_V3).unwrap();
+fn golden_v4_checkpoint_loads() {
+    let bytes = std::fs::read(GOLDEN_V4).unwrap();
+    assert_eq!(parse_header(&bytes).unwrap().format_version, FORMAT_VERSION);
+    check_golden(GOLDEN_V4);
+    let s = Session::from_bytes(&bytes, Some(spec())).unwrap();
+    assert_eq!(s.config().recover_steps, 7, "the field format 4 added");
+}
+
+/// Every single-byte change of a format 3 or 4 file, anywhere (the moth
+/// version string in the header included), is refused as a damaged
+/// checkpoint.
+#[test]
+fn any_single_byte_change_of_a_v3_or_v4_file_is_detected() {
+    for path in [GOLDEN_V3, GOLDEN_V4] {
+        every_byte_change_is_refused(path);
+    }
+}
+
+fn every_byte_change_is_refused(path: &str) {
+    let good = std::fs::read(path).unwrap();
     for i in 0..good.len() {
         for change in [0x01u8, 0x80, 0xff] {
             let mut b = good.clone();
@@ -232,7 +254,7 @@ fn any_single_byte_change_of_a_v3_file_is_detected() {
         }
     }
     println!(
-        "{} single-byte changes of the v3 golden file: all refused",
+        "{} single-byte changes of {path}: all refused",
         good.len() * 3
     );
 }
@@ -242,7 +264,11 @@ fn any_single_byte_change_of_a_v3_file_is_detected() {
 #[test]
 #[ignore]
 fn regenerate_golden_checkpoint() {
-    let mut s = Session::new(config(), spec()).unwrap();
+    let cfg = SessionConfig {
+        recover_steps: 7,
+        ..config()
+    };
+    let mut s = Session::new(cfg, spec()).unwrap();
     drive(&mut s, 0, 5);
-    s.save(std::path::Path::new(GOLDEN_V3)).unwrap();
+    s.save(std::path::Path::new(GOLDEN_V4)).unwrap();
 }

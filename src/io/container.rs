@@ -41,8 +41,13 @@ use crate::{Error, Result};
 /// The eight bytes every checkpoint file starts with.
 pub const MAGIC: [u8; 8] = *b"MOTHCKPT";
 
-/// The container format version this moth writes.
-pub const FORMAT_VERSION: u32 = 3;
+/// The container format version this moth writes. Format 4 has format 3's
+/// layout; its session payload carries the configuration's `recover_steps`.
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The format version before the current one: the same container, whose
+/// session payload has the configuration without `recover_steps`.
+pub const NO_RECOVERY_VERSION: u32 = 3;
 
 /// The older format version this moth still reads: the same layout, with a
 /// CRC32 of the payload only.
@@ -121,8 +126,8 @@ impl std::fmt::Display for PayloadKind {
 /// The parsed header of a checkpoint whose header fields are all valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// The container format version: [`FORMAT_VERSION`] or
-    /// [`PAYLOAD_CRC_VERSION`].
+    /// The container format version, from [`PAYLOAD_CRC_VERSION`] to
+    /// [`FORMAT_VERSION`].
     pub format_version: u32,
     /// The moth version that wrote the file.
     pub moth_version: String,
@@ -174,10 +179,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
         return Err(reject("not a moth checkpoint (bad magic bytes)"));
     }
     let format_version = read_u32(bytes, 8);
-    if format_version != FORMAT_VERSION && format_version != PAYLOAD_CRC_VERSION {
+    if !(PAYLOAD_CRC_VERSION..=FORMAT_VERSION).contains(&format_version) {
         return Err(reject(format!(
             "format version {format_version}, this moth reads versions \
-             {PAYLOAD_CRC_VERSION} and {FORMAT_VERSION}"
+             {PAYLOAD_CRC_VERSION} to {FORMAT_VERSION}"
         )));
     }
     let version_len = read_u16(bytes, 12) as usize;
@@ -238,7 +243,7 @@ pub fn encode<T: Serialize>(kind: PayloadKind, value: &T) -> Result<Vec<u8>> {
 }
 
 /// The CRC32 a file of `format_version` records, given the header bytes
-/// before the checksum field and the payload. Format 3 covers both, so that
+/// before the checksum field and the payload. Formats 3 and 4 cover both, so that
 /// no byte of the file escapes the check.
 pub fn checksum(format_version: u32, header: &[u8], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();

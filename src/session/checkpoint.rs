@@ -140,11 +140,12 @@ fn checked_period(p: Period, spec: &SessionSpec) -> Result<Period> {
     })
 }
 
-/// The serialised form of a session.
+/// The serialised form of a session; `C` is the configuration's form
+/// (older formats stored fewer fields).
 #[derive(Serialize, Deserialize)]
-struct SavedSession {
+struct SavedSession<C = SessionConfig> {
     environment: RunEnvironment,
-    config: SessionConfig,
+    config: C,
     spec: SessionSpec,
     phase: Phase,
     step: u64,
@@ -218,6 +219,11 @@ impl Session {
     /// Rebuilds a session from checkpoint bytes. With `expected`, refuses a
     /// checkpoint made for another class count or input shape.
     pub fn from_bytes(bytes: &[u8], expected: Option<SessionSpec>) -> Result<Session> {
+        if container::parse_header(bytes)?.format_version <= container::NO_RECOVERY_VERSION {
+            // Formats 2 and 3 predate recovery and data parallelism.
+            let old: SavedSession<ConfigV3> = container::decode(PayloadKind::Session, bytes)?;
+            return restore(old.upgrade(), expected);
+        }
         let (saved, world_size) =
             match container::decode::<SavedSession>(PayloadKind::Session, bytes) {
                 Ok(saved) => (saved, 1),
@@ -488,4 +494,88 @@ fn restore(mut saved: SavedSession, expected: Option<SessionSpec>) -> Result<Ses
         stream: None,
         shared: None,
     })
+}
+
+/// The configuration as formats 2 and 3 stored it: [`SessionConfig`]
+/// without `recover_steps`, field for field in the same order.
+#[derive(Deserialize)]
+struct ConfigV3 {
+    method: crate::session::Method,
+    seed: u64,
+    inversion: crate::config::InversionConfig,
+    warmup: crate::algo::warmup::WarmupConfig,
+    first: crate::config::InversionBudget,
+    later: crate::config::InversionBudget,
+    period: usize,
+    portion: f64,
+    stamp_at_least: usize,
+    pairs_per_step: usize,
+    scheduler: crate::algo::scheduler::SchedulerConfig,
+    bounds: crate::algo::bounds::BoundsConfig,
+    max_steps: u64,
+    accuracy_every: u64,
+    max_accuracy_drop: f64,
+}
+
+impl From<ConfigV3> for SessionConfig {
+    fn from(c: ConfigV3) -> Self {
+        SessionConfig {
+            method: c.method,
+            seed: c.seed,
+            inversion: c.inversion,
+            warmup: c.warmup,
+            first: c.first,
+            later: c.later,
+            period: c.period,
+            portion: c.portion,
+            stamp_at_least: c.stamp_at_least,
+            pairs_per_step: c.pairs_per_step,
+            scheduler: c.scheduler,
+            bounds: c.bounds,
+            max_steps: c.max_steps,
+            accuracy_every: c.accuracy_every,
+            max_accuracy_drop: c.max_accuracy_drop,
+            recover_steps: 0, // the paper's rule, the only one then
+        }
+    }
+}
+
+impl SavedSession<ConfigV3> {
+    /// The same state in the current form.
+    fn upgrade(self) -> SavedSession {
+        let SavedSession {
+            environment,
+            config,
+            spec,
+            phase,
+            step,
+            orth_steps,
+            scheduler,
+            cache,
+            universal,
+            bounds,
+            periods,
+            pool,
+            rng,
+            accuracy,
+            pairwise_next,
+        } = self;
+        SavedSession {
+            environment,
+            config: config.into(),
+            spec,
+            phase,
+            step,
+            orth_steps,
+            scheduler,
+            cache,
+            universal,
+            bounds,
+            periods,
+            pool,
+            rng,
+            accuracy,
+            pairwise_next,
+        }
+    }
 }
