@@ -93,11 +93,11 @@ pub fn run(a: &BenchArgs) -> Outcome {
 
 /// The base model's accuracy and distances.
 fn prepare(a: &BenchArgs) -> Outcome<Bench<'_>> {
+    let source = crate::data::open(&a.common)?;
     let (mut base, classes) = crate::train::load_or_train(&a.model, &a.common, None)?;
-    let data = a.common.data_dir();
-    let train_set = Dataset::fashion_mnist(Some(&data), Split::Train)?;
-    let mut test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
-    crate::check::model_suits_data(&mut base, &a.model, &test_set, &data)?;
+    let train_set = source.load(Split::Train)?;
+    let mut test_set = source.load(Split::Test)?;
+    crate::check::model_suits_data(&mut base, &a.model, &test_set, source.path())?;
     test_set.classes = classes;
     let dcfg = distance_config(a);
     println!(
