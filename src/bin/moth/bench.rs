@@ -222,7 +222,7 @@ impl Bench<'_> {
         self.write_pair_curves(rows)
     }
 
-    /// pair_curves.png (the paper's Fig. 6) when the bench ran both MOTH and
+    /// pair_curves.png and .svg (the paper's Fig. 6) when the bench ran both MOTH and
     /// the asymmetric baseline: the first row of each.
     fn write_pair_curves(&self, rows: &[BenchRow]) -> moth::Result<()> {
         let find = |m: Method| rows.iter().find(|r| r.method == m);
@@ -234,8 +234,8 @@ impl Bench<'_> {
         else {
             return Ok(());
         };
-        let path = self.a.out.join("pair_curves.png");
-        crate::plot::curves::write_png(&path, &title, "trigger size", &panels)?;
+        let fig = crate::plot::curves::Lines::new(&title, "step", panels, true)?;
+        let path = crate::plot::write(&self.a.out.join("pair_curves"), &fig)?;
         println!("wrote {} ({})", path.display(), title);
         Ok(())
     }

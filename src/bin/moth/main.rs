@@ -10,6 +10,7 @@ mod bench;
 mod check;
 mod data;
 mod distance;
+mod figures;
 mod harden;
 mod inspect;
 mod pair_curves;
