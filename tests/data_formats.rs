@@ -13,10 +13,17 @@ const SMALL: &str = r#"{"warmup":{"budget":{"steps":10,"init_cost":0.001,"asr_bo
  "first":{"steps":6,"init_cost":0.001,"asr_bound":0.9},
  "later":{"steps":4,"init_cost":0.01,"asr_bound":0.9},"accuracy_every":2}"#;
 
+/// Runs moth on the CPU with one libtorch thread (`--threads` is global:
+/// `inspect` takes it too).
 fn moth(args: &[&str]) -> std::process::Output {
+    let device: &[&str] = match args.first() {
+        Some(&"inspect") => &[],
+        _ => &["--device", "cpu"],
+    };
     Command::new(MOTH)
         .args(args)
-        .args(["--device", "cpu", "--threads", "1"])
+        .args(device)
+        .args(["--threads", "1"])
         .env("RUST_LOG", "warn")
         .env("OMP_NUM_THREADS", "1")
         .output()

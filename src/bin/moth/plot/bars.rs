@@ -56,7 +56,8 @@ impl<'a> Bars<'a> {
             y_desc,
             labels,
             series,
-            top: if most > 0.0 { most * 1.15 } else { 1.0 },
+            // Room above the bars for the legend.
+            top: if most > 0.0 { most * 1.3 } else { 1.0 },
             label_px: longest * TEXT_PX * 6 / 10 + 16,
         })
     }
@@ -86,6 +87,7 @@ impl Figure for Bars<'_> {
             .x_labels(n)
             .x_label_formatter(&|_| String::new())
             .y_label_style((FONT, TEXT_PX))
+            .y_label_formatter(&super::tick)
             .y_desc(self.y_desc)
             .axis_desc_style((FONT, TEXT_PX))
             .draw()?;

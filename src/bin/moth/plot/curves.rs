@@ -120,6 +120,8 @@ impl Lines {
             .x_desc(self.x_desc.as_str())
             .y_desc(panel.y_desc.as_str())
             .label_style((FONT, TEXT_PX))
+            .x_label_formatter(&super::tick)
+            .y_label_formatter(&super::tick)
             .axis_desc_style((FONT, TEXT_PX))
             .draw()?;
         for (s, colour) in panel.series.iter().zip(PALETTE) {

@@ -121,6 +121,16 @@ pub fn fmt_value(v: f64, signed: bool) -> String {
     }
 }
 
+/// An axis tick: whole numbers without decimals, others with up to two.
+pub fn tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{:.0}", v)
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// The colour at `t` in 0..=1 along equally spaced `stops`.
 pub fn interpolate(stops: &[[f64; 3]], t: f64) -> RGBColor {
     let t = if t.is_finite() {
@@ -179,6 +189,9 @@ mod tests {
         assert_eq!(fmt_value(-0.01, true), "0.0");
         assert_eq!(fmt_value(-12.0, true), "-12");
         assert_eq!(fmt_value(f64::NAN, false), "n/a");
+        assert_eq!(tick(&300.0), "300");
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&2.5), "2.5");
     }
 
     #[test]
