@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::io::dataset::{BatchSource, Dataset, Split, FASHION_MNIST_CLASSES};
-use crate::io::idx::read_idx;
+use crate::io::idx::{read_idx, read_idx_dims};
 use crate::io::image_folder::{self, ImageFolder};
 use crate::io::numpy::{self, Layout};
 use crate::{Error, Result};
@@ -147,8 +147,8 @@ impl DataSource {
         source.held = match format {
             DataFormat::Idx => {
                 let [images, _] = Dataset::fashion_mnist_files(Some(path), Split::Train)?;
-                let array = read_idx(&images)?;
-                source.shape = match array.dims.as_slice() {
+                let dims = read_idx_dims(&images)?;
+                source.shape = match dims.as_slice() {
                     &[_, h, w] => [1, h as i64, w as i64],
                     &[_, c, h, w] => [c as i64, h as i64, w as i64],
                     d => {
@@ -158,7 +158,7 @@ impl DataSource {
                         ))
                     }
                 };
-                format!("{} images of {}", array.dims[0], shape_text(source.shape))
+                format!("{} images of {}", dims[0], shape_text(source.shape))
             }
             DataFormat::ImageFolder => {
                 let split = source.image_split(Split::Train)?;

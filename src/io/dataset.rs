@@ -315,6 +315,10 @@ mod tests {
             vec![7, 9]
         );
         assert_eq!(read_idx(&dir.path().join("z.gz")).unwrap().data, vec![7, 9]);
+        for name in ["plain", "z.gz"] {
+            let dims = crate::io::idx::read_idx_dims(&dir.path().join(name)).unwrap();
+            assert_eq!(dims, vec![2]);
+        }
         std::fs::write(dir.path().join("bad.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
         assert!(read_idx(&dir.path().join("bad.gz"))
             .unwrap_err()
