@@ -580,11 +580,13 @@ fn model_and_data_are_checked_before_the_first_forward() {
             );
         }
     }
-    // moth train: its built-in CNN takes 1x28x28 images.
+    // moth train: the built-in cnn28 takes 1x28x28 images.
     let colour = tiny_data(&dir.path().join("colour"), [3, 32, 32], 20, 20);
     let model = dir.path().join("m.moth");
     let out = moth(&[
         "train",
+        "--arch",
+        "cnn28",
         "--data",
         &colour,
         "--out",
@@ -594,7 +596,7 @@ fn model_and_data_are_checked_before_the_first_forward() {
     ]);
     let err = fails_cleanly(&out, "train");
     assert!(
-        err.contains("built-in CNN takes 1x28x28 images") && err.contains("3x32x32"),
+        err.contains("built-in cnn28 takes 1x28x28 images") && err.contains("3x32x32"),
         "{err}"
     );
     assert!(!model.exists());

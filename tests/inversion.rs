@@ -251,3 +251,81 @@ fn bad_tasks_are_rejected() {
         .to_string()
         .contains("steps"));
 }
+
+/// The three-class model read on 3-channel images: each weight of the grey
+/// model spread evenly over the three channels of its pixel, so a colour
+/// image with equal channels gets the grey image's logits.
+fn colour_three_class_model() -> Linear {
+    let grey = three_class_model();
+    let w = grey.w.view([3, 1, PIXELS]).repeat([1, 3, 1]) / 3.0;
+    Linear {
+        w: w.reshape([3, 3 * PIXELS]),
+        b: grey.b,
+        train: false,
+    }
+}
+
+#[test]
+fn on_three_channels_a_trigger_is_shared_by_the_channels_and_its_size_counts_them() {
+    let run = |model: &mut Linear, x: &Tensor| {
+        let task = InversionTask {
+            sets: std::slice::from_ref(x),
+            directions: (1..3)
+                .map(|target| Direction {
+                    set: 0,
+                    target,
+                    init: None,
+                })
+                .collect(),
+            budget: budget(300),
+            record_sample_losses: false,
+        };
+        invert(model, &task, &InversionConfig::default(), 3).unwrap()
+    };
+    let grey_x = dark_images(20, 1);
+    let colour_x = grey_x.repeat([1, 3, 1, 1]);
+    let grey = run(&mut three_class_model(), &grey_x);
+    let mut colour_model = colour_three_class_model();
+    let colour = run(&mut colour_model, &colour_x);
+    for (g, c) in grey.iter().zip(&colour) {
+        assert!(g.reached && c.reached);
+        assert_eq!(c.trigger.mask.size(), vec![1, SIDE, SIDE]);
+        assert_eq!(c.trigger.pattern.size(), vec![3, SIDE, SIDE]);
+        // size = C * sum(m): the same mask mass, counted on three channels.
+        let mass = c.trigger.mask.sum(Kind::Double).double_value(&[]);
+        assert!(
+            (c.size - 3.0 * mass).abs() < 1e-4,
+            "{} vs 3 x {mass}",
+            c.size
+        );
+        let ratio = c.size / g.size;
+        assert!(
+            (2.0..4.0).contains(&ratio),
+            "colour {} vs grey {}",
+            c.size,
+            g.size
+        );
+    }
+    // 0 -> 1 needs pixel 0 at about 0.5 in every channel: 3 x 0.5.
+    assert!(
+        colour[0].size > 0.9 && colour[0].size < 4.5,
+        "{}",
+        colour[0].size
+    );
+    // Stamping blends every channel of a pixel with the one mask value, and
+    // the stamped images are classified as the target.
+    let stamped = colour[1].trigger.stamp(&colour_x).unwrap();
+    let m = &colour[1].trigger.mask;
+    let p = &colour[1].trigger.pattern;
+    let expected = (colour_x.ones_like() - m) * &colour_x + m * p;
+    assert!(stamped.allclose(&expected.clamp(0.0, 1.0), 1e-6, 1e-6, false));
+    let pred = moth::torch::model::Classifier::forward(&colour_model, &stamped)
+        .unwrap()
+        .argmax(-1, false);
+    let asr = pred
+        .eq(2)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    assert!(asr >= 0.9, "ASR {asr}");
+}

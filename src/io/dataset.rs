@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::io::idx::{read_idx, IdxArray};
@@ -40,13 +41,63 @@ pub struct Dataset {
     pub classes: Vec<String>,
 }
 
+/// A training split that hands out mini-batches: a [`Dataset`] in memory,
+/// or a source that reads each batch from its files when asked (an image
+/// folder larger than memory). The training loops take this, so that they
+/// never need the whole split at once.
+pub trait BatchSource {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Class names, one per label value.
+    fn classes(&self) -> &[String];
+    /// `[C, H, W]` of one image.
+    fn input_shape(&self) -> [i64; 3];
+    /// The images (`[n, C, H, W]` float in `[0, 1]`) and labels (`[n]`
+    /// int64) at `indices`, on the CPU.
+    fn gather(&self, indices: &[i64]) -> Result<(Tensor, Tensor)>;
+    /// True when the split holds no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Number of classes.
+    fn num_classes(&self) -> usize {
+        self.classes().len()
+    }
+}
+
+impl BatchSource for Dataset {
+    fn len(&self) -> usize {
+        Dataset::len(self)
+    }
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn input_shape(&self) -> [i64; 3] {
+        Dataset::input_shape(self)
+    }
+    fn gather(&self, indices: &[i64]) -> Result<(Tensor, Tensor)> {
+        let batch = self.select(indices)?;
+        Ok((batch.images, batch.labels))
+    }
+}
+
 /// Which half of a dataset to load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Split {
     /// The training images.
     Train,
     /// The held-out test images.
     Test,
+}
+
+impl Split {
+    /// `train` or `test`, the folder names of an image tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
 }
 
 impl Dataset {
@@ -135,6 +186,21 @@ impl Dataset {
             ))
         };
         Ok([find("images-idx3-ubyte")?, find("labels-idx1-ubyte")?])
+    }
+
+    /// Refuses a label that names none of `classes` (`path` labels the error).
+    pub fn check_labels(&self, classes: &[String], path: &Path) -> Result<()> {
+        let labels = self.labels_vec();
+        match labels
+            .iter()
+            .find(|&&l| l < 0 || l as usize >= classes.len())
+        {
+            Some(bad) => Err(Error::format(
+                path,
+                format!("label {bad} out of range for {} classes", classes.len()),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Number of samples.
@@ -249,6 +315,10 @@ mod tests {
             vec![7, 9]
         );
         assert_eq!(read_idx(&dir.path().join("z.gz")).unwrap().data, vec![7, 9]);
+        for name in ["plain", "z.gz"] {
+            let dims = crate::io::idx::read_idx_dims(&dir.path().join(name)).unwrap();
+            assert_eq!(dims, vec![2]);
+        }
         std::fs::write(dir.path().join("bad.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
         assert!(read_idx(&dir.path().join("bad.gz"))
             .unwrap_err()

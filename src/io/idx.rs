@@ -14,9 +14,9 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Parses an IDX byte stream whose element type is unsigned byte (0x08), the
-/// only type MNIST-family files use. `path` only labels errors.
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+/// Checks the header at the start of `bytes`: the dimensions, the header's
+/// length and the element count.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize, usize)> {
     let bad = |m: String| Error::format(path, m);
     if bytes.len() < 4 {
         return Err(bad(format!("truncated IDX header ({} bytes)", bytes.len())));
@@ -49,6 +49,14 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("IDX dimensions {dims:?} overflow")))?;
+    Ok((dims, header, count))
+}
+
+/// Parses an IDX byte stream whose element type is unsigned byte (0x08), the
+/// only type MNIST-family files use. `path` only labels errors.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let bad = |m: String| Error::format(path, m);
+    let (dims, header, count) = parse_header(bytes, path)?;
     let body = &bytes[header..];
     if body.len() < count {
         return Err(bad(format!(
@@ -83,4 +91,25 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         raw
     };
     parse_idx(&bytes, path)
+}
+
+/// The dimensions of an IDX file (gzip or plain) from its header alone:
+/// what a caller needs before it reads the data.
+pub fn read_idx_dims(path: &Path) -> Result<Vec<usize>> {
+    let open = || {
+        std::fs::File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+    };
+    let mut magic = [0u8; 2];
+    let gz = open()?.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let reader: Box<dyn Read> = match gz {
+        true => Box::new(flate2::read::GzDecoder::new(open()?)),
+        false => Box::new(open()?),
+    };
+    // At most 255 dimensions: 4 + 4 * 255 bytes of header.
+    let mut head = Vec::new();
+    reader
+        .take(4 + 4 * 255)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::format(path, format!("corrupt gzip stream: {e}")))?;
+    parse_header(&head, path).map(|(dims, _, _)| dims)
 }

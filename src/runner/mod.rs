@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::io::container::{self, PayloadKind};
-use crate::io::dataset::Dataset;
+use crate::io::dataset::{BatchSource, Dataset};
 use crate::io::tensor_codec::SavedTensor;
 use crate::session::{
     AccuracyVerdict, DirectionReport, Phase, Preset, Session, SessionConfig, SessionSpec,
 };
 use crate::torch::model::{accuracy, Model, ModelState, ACCURACY_BATCH};
 use crate::torch::train::OptimizerState;
-use crate::torch::train::{epoch_batches, gather, train_step, Optimizer, OptimizerConfig};
+use crate::torch::train::{epoch_batches, train_step, Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
 /// Settings of the training loop around the session.
@@ -132,7 +132,7 @@ pub struct HardenRun<'a> {
     /// Every step so far.
     pub history: Vec<StepRecord>,
     cfg: RunConfig,
-    train: &'a Dataset,
+    train: &'a dyn BatchSource,
     heldout: Dataset,
     last_good: Option<Vec<(String, SavedTensor)>>,
     restored_last_good: bool,
@@ -160,7 +160,7 @@ impl<'a> HardenRun<'a> {
         model: Model,
         mut session_cfg: SessionConfig,
         run: RunConfig,
-        train: &'a Dataset,
+        train: &'a dyn BatchSource,
         test: &Dataset,
     ) -> Result<Self> {
         if run.batch == 0 || !(run.epochs.is_finite() && run.epochs >= 0.0) {
@@ -212,7 +212,7 @@ impl<'a> HardenRun<'a> {
             self.cfg.batch,
             self.session.config().seed.wrapping_add(epoch),
         );
-        gather(self.train, &order[i])
+        self.train.gather(&order[i])
     }
 
     /// Answers the session's pending accuracy request; keeps or restores the
@@ -291,13 +291,13 @@ impl<'a> HardenRun<'a> {
             .map_err(|e| Error::encode("the run notes", e))?;
         let ck = RunCheckpoint {
             session: self.session.to_bytes()?,
-            model: self.model.snapshot(&self.train.classes)?,
+            model: self.model.snapshot(self.train.classes())?,
             optimizer: self.optimizer.save_state()?,
             run: self.cfg.clone(),
             history: self.history.clone(),
             last_good: self.last_good.clone(),
             restored_last_good: self.restored_last_good,
-            classes: self.train.classes.clone(),
+            classes: self.train.classes().to_vec(),
             notes,
         };
         container::encode(PayloadKind::Trainer, &ck)
@@ -309,7 +309,7 @@ impl<'a> HardenRun<'a> {
     pub fn resume<N: DeserializeOwned>(
         bytes: &[u8],
         device: tch::Device,
-        train: &'a Dataset,
+        train: &'a dyn BatchSource,
         test: &Dataset,
     ) -> Result<(Self, N)> {
         let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;

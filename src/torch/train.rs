@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use crate::io::dataset::Dataset;
+use crate::io::dataset::BatchSource;
 use crate::io::tensor_codec::SavedTensor;
 use crate::torch::model::{Classifier, Model};
 use crate::{Error, Result};
@@ -317,10 +317,10 @@ pub fn epoch_batches(n: usize, batch: usize, seed: u64) -> Vec<Vec<i64>> {
     idx.chunks(batch.max(1)).map(|c| c.to_vec()).collect()
 }
 
-/// Gathers the samples at `indices` of a dataset.
-pub fn gather(data: &Dataset, indices: &[i64]) -> Result<(Tensor, Tensor)> {
-    let batch = data.select(indices)?;
-    Ok((batch.images, batch.labels))
+/// Gathers the samples at `indices` of a dataset (read from its files
+/// when it streams).
+pub fn gather(data: &dyn BatchSource, indices: &[i64]) -> Result<(Tensor, Tensor)> {
+    data.gather(indices)
 }
 
 /// Trains `model` for `epochs` on `data` (plain training, used to build a
@@ -328,7 +328,7 @@ pub fn gather(data: &Dataset, indices: &[i64]) -> Result<(Tensor, Tensor)> {
 pub fn fit(
     model: &mut Model,
     opt: &mut Optimizer,
-    data: &Dataset,
+    data: &dyn BatchSource,
     epochs: usize,
     batch: usize,
     seed: u64,

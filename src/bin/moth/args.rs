@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use moth::algo::bounds::BoundsMode;
 use moth::config::DistanceConfig;
+use moth::io::data_source::DataOptions;
+use moth::io::numpy::Layout;
 use moth::session::{Preset, SessionConfig};
 use moth::torch::device::DeviceChoice;
 
@@ -33,13 +35,18 @@ macro_rules! session_config_help {
     about = "MOTH model orthogonalisation: measure and enlarge class distances of image classifiers"
 )]
 pub struct Cli {
+    /// libtorch CPU threads for this command [default: OMP_NUM_THREADS, else
+    /// one per core]. A resumed run keeps the count it started with.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub threads: Option<i32>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train the built-in CNN on Fashion-MNIST and save it.
+    /// Train a built-in CNN (cnn28 for 1x28x28 images, cnn32 for 3x32x32)
+    /// on the data and save it.
     Train(TrainArgs),
     /// Measure all directed class distances of a model.
     Distance(DistanceArgs),
@@ -58,13 +65,76 @@ pub struct Common {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Folder holding the Fashion-MNIST IDX files [default:
+    /// The data, its format detected: a folder of Fashion-MNIST-style IDX
+    /// files, a folder with train/<class>/ and test/<class>/ folders of PNG
+    /// or JPEG images, a NumPy .npz archive (x_train, y_train, x_test,
+    /// y_test) or a folder of those four as .npy files [default:
     /// /usr/share/datasets/fashion-mnist; with `harden --resume`, the run's].
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_options: DataArgs,
     /// Seed for every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// How to read the data.
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Class names, one per line in label order [default: the image
+    /// folders' names; Fashion-MNIST's for IDX; the label numbers for NumPy].
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Where 4-D NumPy images keep their channels [default: inferred from
+    /// the axis of size 1 or 3, and printed].
+    #[arg(long)]
+    pub layout: Option<LayoutArg>,
+    /// Resize every image of an image folder tree to HxW (e.g. 32x32)
+    /// [default: the first image's size; other sizes are refused].
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub image_size: Option<(u32, u32)>,
+    /// Read the training images of an image folder tree batch by batch even
+    /// when they fit in memory (automatic above 2 GiB of decoded pixels; the
+    /// test images are always read whole).
+    #[arg(long)]
+    pub stream: bool,
+}
+
+/// `--layout`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// [n, C, H, W] (PyTorch).
+    Nchw,
+    /// [n, H, W, C] (NumPy images, TensorFlow).
+    Nhwc,
+}
+
+impl DataArgs {
+    /// The library's reading options.
+    pub fn options(&self) -> DataOptions {
+        DataOptions {
+            classes_file: self.classes.clone(),
+            layout: self.layout.map(|l| match l {
+                LayoutArg::Nchw => Layout::Nchw,
+                LayoutArg::Nhwc => Layout::Nhwc,
+            }),
+            image_size: self.image_size,
+            stream: self.stream,
+        }
+    }
+}
+
+/// `HxW` (e.g. `32x32`), both positive.
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    match parts.as_slice() {
+        [h, w] => match (h.trim().parse::<u32>(), w.trim().parse::<u32>()) {
+            (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h, w)),
+            _ => Err(format!("size must be HxW with positive numbers, got '{s}'")),
+        },
+        _ => Err(format!("size must be HxW (e.g. 32x32), got '{s}'")),
+    }
 }
 
 impl Common {
@@ -111,6 +181,10 @@ pub struct ProtocolArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Built-in network: cnn28 (1x28x28 inputs) or cnn32 (3x32x32) [default:
+    /// the one whose input shape is the data's].
+    #[arg(long)]
+    pub arch: Option<ArchArg>,
     /// Where to write the model.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub out: PathBuf,
@@ -240,6 +314,25 @@ pub struct BenchArgs {
 pub struct InspectArgs {
     /// The checkpoint file.
     pub path: PathBuf,
+}
+
+/// `--arch`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ArchArg {
+    /// Two conv blocks, for 1x28x28 images (Fashion-MNIST-like).
+    Cnn28,
+    /// Three conv blocks, for 3x32x32 images (CIFAR-like).
+    Cnn32,
+}
+
+impl ArchArg {
+    /// The library's architecture.
+    pub fn arch(self) -> moth::torch::model::Arch {
+        match self {
+            ArchArg::Cnn28 => moth::torch::model::Arch::Cnn28,
+            ArchArg::Cnn32 => moth::torch::model::Arch::Cnn32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -393,6 +486,8 @@ mod tests {
         assert!(parse_shape("0,28,28").is_err());
         assert!(check_batch(0).is_err());
         assert!(check_batch(1).is_ok());
+        assert_eq!(parse_size("32x24"), Ok((32, 24)));
+        assert!(parse_size("32").is_err() && parse_size("0x4").is_err());
     }
 
     #[test]

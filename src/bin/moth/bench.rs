@@ -93,11 +93,11 @@ pub fn run(a: &BenchArgs) -> Outcome {
 
 /// The base model's accuracy and distances.
 fn prepare(a: &BenchArgs) -> Outcome<Bench<'_>> {
+    let source = crate::data::open(&a.common)?;
     let (mut base, classes) = crate::train::load_or_train(&a.model, &a.common, None)?;
-    let data = a.common.data_dir();
-    let train_set = Dataset::fashion_mnist(Some(&data), Split::Train)?;
-    let mut test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
-    crate::check::model_suits_data(&mut base, &a.model, &test_set, &data)?;
+    let train_set = source.load(Split::Train)?;
+    let mut test_set = source.load(Split::Test)?;
+    crate::check::model_suits_data(&mut base, &a.model, &test_set, source.path())?;
     test_set.classes = classes;
     let dcfg = distance_config(a);
     println!(
@@ -222,7 +222,7 @@ impl Bench<'_> {
         self.write_pair_curves(rows)
     }
 
-    /// pair_curves.png (the paper's Fig. 6) when the bench ran both MOTH and
+    /// pair_curves.png and .svg (the paper's Fig. 6) when the bench ran both MOTH and
     /// the asymmetric baseline: the first row of each.
     fn write_pair_curves(&self, rows: &[BenchRow]) -> moth::Result<()> {
         let find = |m: Method| rows.iter().find(|r| r.method == m);
@@ -234,8 +234,8 @@ impl Bench<'_> {
         else {
             return Ok(());
         };
-        let path = self.a.out.join("pair_curves.png");
-        crate::plot::curves::write_png(&path, &title, "trigger size", &panels)?;
+        let fig = crate::plot::curves::Lines::new(&title, "step", panels, true)?;
+        let path = crate::plot::write(&self.a.out.join("pair_curves"), &fig)?;
         println!("wrote {} ({})", path.display(), title);
         Ok(())
     }

@@ -13,11 +13,11 @@ use crate::report::{print_matrix, write_distance_outputs};
 use crate::{Failure, Outcome};
 
 pub fn run(a: &DistanceArgs) -> Outcome {
+    let source = crate::data::open(&a.common)?;
     let (mut model, classes) =
         crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
-    let data = a.common.data_dir();
-    let mut test_set = Dataset::fashion_mnist(Some(&data), Split::Test)?;
-    crate::check::model_suits_data(&mut model, &a.model.path, &test_set, &data)?;
+    let mut test_set = source.load(Split::Test)?;
+    crate::check::model_suits_data(&mut model, &a.model.path, &test_set, source.path())?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
     }

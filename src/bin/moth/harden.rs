@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use moth::algo::distance::DistanceMatrix;
 use moth::config::DistanceConfig;
-use moth::io::dataset::{Dataset, Split};
+use moth::io::data_source::DataSource;
+use moth::io::dataset::{BatchSource, Dataset, Split};
 use moth::runner::{HardenRun, RunConfig, StepRecord};
 use moth::session::{Phase, Preset, Session, SessionConfig};
 use moth::torch::model::{Classifier, Model};
@@ -41,9 +42,10 @@ struct HardenNotes {
     harden_seconds_so_far: f64,
 }
 
-/// The data of a run.
+/// The data of a run: the training split (perhaps read per batch) and
+/// the test split in memory.
 struct Data {
-    train: Dataset,
+    train: Box<dyn BatchSource>,
     test: Dataset,
 }
 
@@ -70,18 +72,21 @@ pub fn run(a: &HardenArgs) -> Outcome {
             None
         }
     };
-    let data_dir = match &stored {
-        Some(s) => s.notes.data.resume_dir(a.common.data.as_deref())?,
-        None => a.common.data_dir(),
+    let source = match &stored {
+        Some(s) => s.notes.data.resume_source(a.common.data.as_deref())?,
+        None => crate::data::open(&a.common)?,
     };
+    if source.streams_training()? {
+        println!("the training images are read from their files batch by batch");
+    }
     let mut data = Data {
-        train: Dataset::fashion_mnist(Some(&data_dir), Split::Train)?,
-        test: Dataset::fashion_mnist(Some(&data_dir), Split::Test)?,
+        train: source.training()?,
+        test: source.load(Split::Test)?,
     };
     let (mut run, mut notes, out) = match (stored, session_cfg) {
-        (Some(stored), _) => resume(a, stored, &data.train, &data.test)?,
+        (Some(stored), _) => resume(a, stored, data.train.as_ref(), &data.test)?,
         (None, Some(cfg)) => {
-            let (run, notes) = start(a, cfg, &data_dir, &data.train, &mut data.test)?;
+            let (run, notes) = start(a, cfg, &source, data.train.as_ref(), &mut data.test)?;
             (run, notes, a.out.clone())
         }
         (None, None) => unreachable!("a new run has its settings"),
@@ -149,7 +154,7 @@ fn session_config(a: &HardenArgs) -> moth::Result<SessionConfig> {
 fn resume<'d>(
     a: &HardenArgs,
     stored: Stored,
-    train_set: &'d Dataset,
+    train_set: &'d dyn BatchSource,
     test_set: &Dataset,
 ) -> moth::Result<(HardenRun<'d>, HardenNotes, PathBuf)> {
     let device = a.common.device.resolve()?;
@@ -188,15 +193,15 @@ fn pin_threads(session: &Session) {
 fn start<'d>(
     a: &HardenArgs,
     session_cfg: SessionConfig,
-    data_dir: &Path,
-    train_set: &'d Dataset,
+    source: &DataSource,
+    train_set: &'d dyn BatchSource,
     test_set: &mut Dataset,
 ) -> Outcome<(HardenRun<'d>, HardenNotes)> {
     let start = Instant::now();
-    let data = DataId::of(data_dir)?;
+    let data = DataId::of(source)?;
     let (mut base, classes) =
         crate::train::load_or_train(&a.model.path, &a.common, a.model.input_shape)?;
-    crate::check::model_suits_data(&mut base, &a.model.path, test_set, data_dir)?;
+    crate::check::model_suits_data(&mut base, &a.model.path, test_set, source.path())?;
     if classes.len() == test_set.num_classes() {
         test_set.classes = classes;
     }
@@ -395,7 +400,7 @@ fn finish(
         100.0 * acc_after,
         100.0 * (acc_after - notes.accuracy_before)
     );
-    let model_path = save_hardened(&run.model, out, &data.train.classes)?;
+    let model_path = save_hardened(&run.model, out, data.train.classes())?;
     let after = match &notes.before {
         None => None,
         Some(_) => Some(distances_after(

@@ -10,6 +10,7 @@ mod bench;
 mod check;
 mod data;
 mod distance;
+mod figures;
 mod harden;
 mod inspect;
 mod pair_curves;
@@ -103,6 +104,9 @@ fn run(command: Command) -> Outcome {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        tch::set_num_threads(n);
+    }
     match run(cli.command) {
         Ok(()) => {}
         Err(Failure::Stopped(message)) => exit_stopped(&message),

@@ -57,6 +57,7 @@ pub fn figure(
         let [ab, ba] = direction_points(history, pair);
         Panel {
             title: title.to_string(),
+            y_desc: "trigger size C·Σm".to_string(),
             series: vec![
                 Series {
                     label: format!("{a} -> {b}"),

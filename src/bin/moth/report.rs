@@ -2,17 +2,13 @@
 //! distances.json, heatmap), and the before/after report of `harden`
 //! (summary, report.json, heatmaps).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use moth::algo::distance::DistanceMatrix;
 use moth::io::dataset::Dataset;
 use moth::torch::model::{self, Model};
 
-use crate::plot::heatmap::{self, HeatmapSpec, Scale};
 use moth::algo::stamped_accuracy::StampedAccuracy;
-
-/// Side of a heatmap cell in pixels.
-const CELL_PX: u32 = 48;
 
 /// A device as users write it: `cpu`, `cuda:0`, ...
 pub fn device_name(device: tch::Device) -> String {
@@ -49,27 +45,17 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> moth::Result<()
         .map_err(|e| moth::Error::io(format!("writing {}", path.display()), e))
 }
 
-fn spec<'a>(title: &'a str, labels: &'a [String], scale: Scale) -> HeatmapSpec<'a> {
-    HeatmapSpec {
-        title,
-        labels,
-        scale,
-        cell_px: CELL_PX,
-    }
-}
-
-/// DIR/distances.json and DIR/heatmap.png.
+/// DIR/distances.json and DIR/heatmap.png (and .svg).
 pub fn write_distance_outputs(m: &DistanceMatrix, dir: &Path, title: &str) -> moth::Result<()> {
     create_dir(dir)?;
     let jpath = dir.join("distances.json");
     write_json(&jpath, m)?;
-    let hpath = dir.join("heatmap.png");
-    heatmap::write_png(
-        &hpath,
-        &m.values,
-        &spec(title, &m.classes, Scale::Sequential),
-    )?;
-    println!("wrote {} and {}", jpath.display(), hpath.display());
+    let hpath = crate::figures::distance_heatmap(m, title, &dir.join("heatmap"))?;
+    println!(
+        "wrote {} and {} (and .svg)",
+        jpath.display(),
+        hpath.display()
+    );
     Ok(())
 }
 
@@ -123,31 +109,11 @@ pub fn write_harden_report(r: &HardenReport, dir: &Path) -> moth::Result<()> {
     let path = dir.join("report.json");
     write_json(&path, r)?;
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
-        write_heatmaps(b, a, dir)?;
+        crate::figures::before_after(b, a, dir)?;
     }
+    crate::figures::write_hardening_curve(&r.history, dir)?;
     print_summary(r, &path);
     Ok(())
-}
-
-/// before.png, after.png and difference.png.
-fn write_heatmaps(b: &DistanceMatrix, a: &DistanceMatrix, dir: &Path) -> moth::Result<()> {
-    let labels = &b.classes;
-    let png = |name: &str| -> PathBuf { dir.join(name) };
-    heatmap::write_png(
-        &png("before.png"),
-        &b.values,
-        &spec("distance before", labels, Scale::Sequential),
-    )?;
-    heatmap::write_png(
-        &png("after.png"),
-        &a.values,
-        &spec("distance after", labels, Scale::Sequential),
-    )?;
-    heatmap::write_png(
-        &png("difference.png"),
-        &b.difference(a),
-        &spec("after - before", labels, Scale::Diverging),
-    )
 }
 
 fn print_summary(r: &HardenReport, path: &Path) {
@@ -189,7 +155,7 @@ fn print_summary(r: &HardenReport, path: &Path) {
         t.warmup_hardening, t.later_hardening, t.training
     );
     println!(
-        "wrote {} (and before/after/difference heatmaps)",
+        "wrote {} (and the figures: before/after/difference heatmaps, class_means, hardening; PNG and SVG)",
         path.display()
     );
 }

@@ -1,182 +1,174 @@
-//! Line charts of trigger sizes over training steps, one panel per run side
-//! by side with a shared y axis: the paper's Fig. 6 (symmetric against
-//! asymmetric hardening of one pair, each direction a line).
+//! Line charts over training steps, panels side by side: the paper's Fig. 6
+//! (the trigger sizes of one pair under symmetric and asymmetric hardening,
+//! on one y scale) and a run's hardening curve (mean trigger size and
+//! held-out accuracy per step, each on its own scale).
 
-use std::path::Path;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
 use moth::{Error, Result};
 
-use super::canvas::{encode, Canvas};
-use super::font::{text_h, text_w};
+use super::{DrawResult, Figure, FONT, PALETTE};
 
-/// One line: a label for the legend and its (step, value) points in order.
+const TEXT_PX: u32 = 15;
+const PANEL_W: u32 = 460;
+const PANEL_H: u32 = 340;
+
+/// One line: a legend label and its (x, y) points, x increasing.
 #[derive(Debug, Clone)]
 pub struct Series {
     /// Legend text.
     pub label: String,
-    /// (x, y) points, x increasing.
+    /// (x, y) points.
     pub points: Vec<(f64, f64)>,
 }
 
-/// One panel: a title and its lines.
+/// One panel: a title, what its y axis shows, its lines.
 #[derive(Debug, Clone)]
 pub struct Panel {
     /// Drawn above the panel.
     pub title: String,
-    /// At most [`COLOURS`]`.len()` lines.
+    /// The y axis title, with its unit.
+    pub y_desc: String,
+    /// At most [`PALETTE`]`.len()` lines.
     pub series: Vec<Series>,
 }
 
-/// Line colours, in series order (blue, orange, green, red).
-const COLOURS: [[u8; 3]; 4] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]];
-const BLACK: [u8; 3] = [0, 0, 0];
-const GREY: [u8; 3] = [200, 200, 200];
-const PANEL_W: i64 = 420;
-const PANEL_H: i64 = 300;
-const MARGIN: i64 = 60;
-const SCALE: i64 = 2;
-
-/// Renders the panels side by side under `title` as PNG bytes. Fails when
-/// there is no panel, a panel has no point or more lines than colours, or a
-/// value is not finite.
-pub fn render_png(title: &str, y_label: &str, panels: &[Panel]) -> Result<Vec<u8>> {
-    let (x_range, y_range) = ranges(panels)?;
-    let width = MARGIN + panels.len() as i64 * (PANEL_W + MARGIN);
-    let height = 2 * MARGIN + PANEL_H + legend_height(panels);
-    let mut cv = Canvas::new(width, height);
-    cv.text(MARGIN, 12, title, SCALE, BLACK);
-    cv.text_vertical(8, MARGIN + PANEL_H, y_label, SCALE, BLACK);
-    for (i, panel) in panels.iter().enumerate() {
-        let left = MARGIN + i as i64 * (PANEL_W + MARGIN);
-        draw_panel(&mut cv, left, panel, x_range, y_range);
-    }
-    encode(&cv)
+/// Panels side by side.
+pub struct Lines {
+    title: String,
+    x_desc: String,
+    panels: Vec<Panel>,
+    /// One y range for all panels (so that they compare), else each its own.
+    shared_y: bool,
+    x_range: (f64, f64),
+    y_ranges: Vec<(f64, f64)>,
 }
 
-/// Renders like [`render_png`] and writes the PNG to `path`.
-pub fn write_png(path: &Path, title: &str, y_label: &str, panels: &[Panel]) -> Result<()> {
-    let bytes = render_png(title, y_label, panels)?;
-    std::fs::write(path, bytes)
-        .map_err(|e| Error::io(format!("writing plot {}", path.display()), e))
-}
-
-fn legend_height(panels: &[Panel]) -> i64 {
-    let lines = panels.iter().map(|p| p.series.len()).max().unwrap_or(0) as i64;
-    lines * (text_h(SCALE) + 6)
-}
-
-/// The x and y ranges over all panels (y from 0, so sizes compare), after
-/// checking the input.
-fn ranges(panels: &[Panel]) -> Result<((f64, f64), (f64, f64))> {
-    if panels.is_empty() {
-        return Err(Error::input("plot: no panel to draw"));
-    }
-    let mut x = (f64::INFINITY, f64::NEG_INFINITY);
-    let mut y_max = 0.0_f64;
-    for p in panels {
-        if p.series.len() > COLOURS.len() {
-            return Err(Error::input(format!(
-                "plot: panel '{}' has {} lines, at most {} can be told apart",
-                p.title,
-                p.series.len(),
-                COLOURS.len()
-            )));
+impl Lines {
+    /// Checks the panels: at least one, each line finite, at most as many
+    /// lines as colours, some point somewhere. y axes start at 0.
+    pub fn new(title: &str, x_desc: &str, panels: Vec<Panel>, shared_y: bool) -> Result<Self> {
+        if panels.is_empty() {
+            return Err(Error::input("plot: no panel to draw"));
         }
-        for &(px, py) in p.series.iter().flat_map(|s| &s.points) {
-            if !px.is_finite() || !py.is_finite() {
+        let mut x = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut y_max = Vec::new();
+        for p in &panels {
+            if p.series.len() > PALETTE.len() {
                 return Err(Error::input(format!(
-                    "plot: panel '{}' has a non-finite point",
-                    p.title
+                    "plot: panel '{}' has {} lines, at most {} can be told apart",
+                    p.title,
+                    p.series.len(),
+                    PALETTE.len()
                 )));
             }
-            x = (x.0.min(px), x.1.max(px));
-            y_max = y_max.max(py);
+            let mut top = 0.0_f64;
+            for &(px, py) in p.series.iter().flat_map(|s| &s.points) {
+                if !px.is_finite() || !py.is_finite() {
+                    return Err(Error::input(format!(
+                        "plot: panel '{}' has a non-finite point",
+                        p.title
+                    )));
+                }
+                x = (x.0.min(px), x.1.max(px));
+                top = top.max(py);
+            }
+            y_max.push(if top > 0.0 { top * 1.08 } else { 1.0 });
         }
+        if !x.0.is_finite() {
+            return Err(Error::input("plot: no point to draw"));
+        }
+        let x_range = if x.1 > x.0 { x } else { (x.0 - 1.0, x.0 + 1.0) };
+        let shared = y_max.iter().fold(0.0_f64, |m, &v| m.max(v));
+        let y_ranges = y_max
+            .iter()
+            .map(|&m| (0.0, if shared_y { shared } else { m }))
+            .collect();
+        Ok(Lines {
+            title: title.to_string(),
+            x_desc: x_desc.to_string(),
+            panels,
+            shared_y,
+            x_range,
+            y_ranges,
+        })
     }
-    if !x.0.is_finite() {
-        return Err(Error::input("plot: no point to draw"));
+
+    /// The y range panel `i` is drawn on.
+    #[cfg(test)]
+    pub fn y_range(&self, i: usize) -> (f64, f64) {
+        self.y_ranges[i]
     }
-    let x = if x.1 > x.0 { x } else { (x.0 - 1.0, x.0 + 1.0) };
-    let y_max = if y_max > 0.0 { y_max * 1.05 } else { 1.0 };
-    Ok((x, (0.0, y_max)))
+
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        i: usize,
+    ) -> DrawResult<DB> {
+        let panel = &self.panels[i];
+        let (y0, y1) = self.y_ranges[i];
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, (FONT, TEXT_PX + 2))
+            .margin(10)
+            .x_label_area_size(44)
+            .y_label_area_size(if i == 0 || !self.shared_y { 64 } else { 40 })
+            .build_cartesian_2d(self.x_range.0..self.x_range.1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .x_desc(self.x_desc.as_str())
+            .y_desc(panel.y_desc.as_str())
+            .label_style((FONT, TEXT_PX))
+            .x_label_formatter(&super::tick)
+            .y_label_formatter(&super::tick)
+            .axis_desc_style((FONT, TEXT_PX))
+            .draw()?;
+        for (s, colour) in panel.series.iter().zip(PALETTE) {
+            let style = ShapeStyle::from(colour).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            // Points stay visible where a line has one point or gaps.
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, colour.filled())))?;
+        }
+        if panel.series.iter().any(|s| !s.label.is_empty()) {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font((FONT, TEXT_PX))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        Ok(())
+    }
 }
 
-fn draw_panel(cv: &mut Canvas, left: i64, panel: &Panel, xr: (f64, f64), yr: (f64, f64)) {
-    let top = MARGIN;
-    let to_px = |(x, y): (f64, f64)| {
-        let fx = (x - xr.0) / (xr.1 - xr.0);
-        let fy = (y - yr.0) / (yr.1 - yr.0);
-        (
-            left + (fx * (PANEL_W - 1) as f64).round() as i64,
-            top + PANEL_H - 1 - (fy * (PANEL_H - 1) as f64).round() as i64,
-        )
-    };
-    for k in 1..4 {
-        cv.fill_rect(left, top + k * PANEL_H / 4, PANEL_W, 1, GREY);
+impl Figure for Lines {
+    fn size(&self) -> (u32, u32) {
+        (self.panels.len() as u32 * PANEL_W, PANEL_H + 40)
     }
-    cv.outline(left, top, PANEL_W, PANEL_H, BLACK);
-    cv.text(left, top - text_h(SCALE) - 6, &panel.title, SCALE, BLACK);
-    for (s, colour) in panel.series.iter().zip(COLOURS) {
-        for w in s.points.windows(2) {
-            cv.line(to_px(w[0]), to_px(w[1]), 2, colour);
-        }
-        if let [only] = s.points.as_slice() {
-            let (x, y) = to_px(*only);
-            cv.fill_rect(x - 2, y - 2, 5, 5, colour);
-        }
-    }
-    axis_labels(cv, left, xr, yr);
-    legend(cv, left, panel);
-}
 
-fn axis_labels(cv: &mut Canvas, left: i64, xr: (f64, f64), yr: (f64, f64)) {
-    let below = MARGIN + PANEL_H + 6;
-    cv.text(left, below, &format!("{:.0}", xr.0), SCALE, BLACK);
-    let end = format!("{:.0}", xr.1);
-    cv.text(
-        left + PANEL_W - text_w(&end, SCALE),
-        below,
-        &end,
-        SCALE,
-        BLACK,
-    );
-    let step = "step";
-    cv.text(
-        left + (PANEL_W - text_w(step, SCALE)) / 2,
-        below,
-        step,
-        SCALE,
-        BLACK,
-    );
-    let top = format!("{:.1}", yr.1);
-    cv.text(left + 4, MARGIN + 4, &top, SCALE, BLACK);
-}
-
-fn legend(cv: &mut Canvas, left: i64, panel: &Panel) {
-    let mut y = MARGIN + PANEL_H + text_h(SCALE) + 16;
-    for (s, colour) in panel.series.iter().zip(COLOURS) {
-        cv.fill_rect(left, y + 2, 20, 4, colour);
-        cv.text(left + 28, y, &s.label, SCALE, BLACK);
-        y += text_h(SCALE) + 6;
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let area = area.titled(&self.title, (FONT, TEXT_PX + 5))?;
+        for (i, cell) in area.split_evenly((1, self.panels.len())).iter().enumerate() {
+            self.draw_panel(cell, i)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        (info.width, info.height, buf)
-    }
+    use crate::plot::{render_png, render_svg};
 
     fn panel(title: &str, lines: &[&[(f64, f64)]]) -> Panel {
         Panel {
             title: title.into(),
+            y_desc: "trigger size".into(),
             series: lines
                 .iter()
                 .enumerate()
@@ -188,8 +180,9 @@ mod tests {
         }
     }
 
-    fn count_colour(img: &(u32, u32, Vec<u8>), c: [u8; 3]) -> usize {
-        img.2.chunks(3).filter(|p| *p == c).count()
+    fn count(png: &[u8], c: RGBColor) -> usize {
+        let img = image::load_from_memory(png).unwrap().into_rgb8();
+        img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
     }
 
     #[test]
@@ -199,48 +192,35 @@ mod tests {
             &[&[(0.0, 1.0), (10.0, 5.0)], &[(0.0, 2.0), (10.0, 6.0)]],
         );
         let b = panel("asymmetric", &[&[(0.0, 1.0), (10.0, 3.0)]]);
-        let one = decode(&render_png("t", "size", std::slice::from_ref(&a)).unwrap());
-        let two = decode(&render_png("t", "size", &[a, b]).unwrap());
-        assert_eq!(two.0 - one.0, (PANEL_W + MARGIN) as u32);
-        assert!(count_colour(&one, COLOURS[0]) > 100);
-        assert!(count_colour(&one, COLOURS[1]) > 100);
-        assert!(count_colour(&two, COLOURS[0]) > count_colour(&one, COLOURS[0]));
-        assert_eq!(count_colour(&one, COLOURS[2]), 0);
+        let one = Lines::new("t", "step", vec![a.clone()], true).unwrap();
+        let two = Lines::new("t", "step", vec![a, b], true).unwrap();
+        assert_eq!(two.size().0 - one.size().0, PANEL_W);
+        let (p1, p2) = (render_png(&one).unwrap(), render_png(&two).unwrap());
+        assert!(count(&p1, PALETTE[0]) > 100 && count(&p1, PALETTE[1]) > 100);
+        assert!(count(&p2, PALETTE[0]) > count(&p1, PALETTE[0]));
+        assert_eq!(count(&p1, PALETTE[2]), 0);
+        let svg = render_svg(&two).unwrap();
+        for want in ["symmetric", "asymmetric", "line 1", "step", "trigger size"] {
+            assert!(svg.contains(want), "{want}");
+        }
     }
 
     #[test]
-    fn a_rising_line_ends_higher_than_it_starts() {
-        let p = panel("p", &[&[(0.0, 0.0), (100.0, 10.0)]]);
-        let img = decode(&render_png("", "", &[p]).unwrap());
-        let rows: Vec<usize> = (0..img.1 as usize)
-            .filter(|&y| {
-                let row = &img.2[y * img.0 as usize * 3..(y + 1) * img.0 as usize * 3];
-                row.chunks(3).any(|px| px == COLOURS[0])
-            })
-            .collect();
-        let col_of = |y: usize| {
-            let row = &img.2[y * img.0 as usize * 3..(y + 1) * img.0 as usize * 3];
-            row.chunks(3).position(|px| px == COLOURS[0]).unwrap()
-        };
-        // The topmost coloured row (largest value) lies right of the lowest
-        // plotted row (the first point): the line rises to the right.
-        let (top, bottom) = (
-            rows[0],
-            *rows
-                .iter()
-                .rev()
-                .find(|&&y| y < MARGIN as usize + PANEL_H as usize)
-                .unwrap(),
-        );
-        assert!(col_of(top) > col_of(bottom), "{top} {bottom}");
+    fn y_scales_are_shared_or_each_panels_own() {
+        let a = panel("a", &[&[(0.0, 10.0), (1.0, 20.0)]]);
+        let b = panel("b", &[&[(0.0, 0.5), (1.0, 0.9)]]);
+        let shared = Lines::new("t", "step", vec![a.clone(), b.clone()], true).unwrap();
+        assert_eq!(shared.y_range(0), shared.y_range(1));
+        let own = Lines::new("t", "step", vec![a, b], false).unwrap();
+        assert!(own.y_range(1).1 < 1.0 && own.y_range(0).1 > 20.0);
     }
 
     #[test]
     fn bad_input_is_refused() {
-        assert!(render_png("t", "y", &[]).is_err());
-        assert!(render_png("t", "y", &[panel("p", &[])]).is_err());
-        assert!(render_png("t", "y", &[panel("p", &[&[(0.0, f64::NAN)]])]).is_err());
+        assert!(Lines::new("t", "x", vec![], true).is_err());
+        assert!(Lines::new("t", "x", vec![panel("p", &[])], true).is_err());
+        assert!(Lines::new("t", "x", vec![panel("p", &[&[(0.0, f64::NAN)]])], true).is_err());
         let five: Vec<&[(f64, f64)]> = vec![&[(0.0, 1.0)]; 5];
-        assert!(render_png("t", "y", &[panel("p", &five)]).is_err());
+        assert!(Lines::new("t", "x", vec![panel("p", &five)], true).is_err());
     }
 }

@@ -1,79 +1,30 @@
-//! PNG heatmaps of square class-distance matrices (the paper's Fig. 7).
+//! Heatmaps of square class-distance matrices (the paper's Fig. 7).
 //!
-//! Rows are the source (victim) class, columns the target class. Every cell
-//! is filled with a colour from the chosen [`Scale`] and shows its value as
-//! text; diagonal cells (a class has no distance to itself) and non-finite
-//! values are drawn grey. Row labels sit on the left, column labels on top
-//! (rotated when they do not fit a cell), the title above everything and a
-//! colour bar with its end values on the right.
-//!
-//! Drawing and text go through [`super::canvas`].
+//! Rows are the source (victim) class, top to bottom; columns the target
+//! class, left to right; both axes say so. Each cell is coloured from the
+//! chosen [`Scale`] and shows its value, every cell in the same font size;
+//! the diagonal (a class has no distance to itself) and unmeasured cells
+//! are grey. A colour bar on the right says what the colours mean, with its
+//! unit.
 
-use std::path::Path;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use moth::{Error, Result};
 
-use super::canvas::{encode, Canvas};
-use super::font::{text_h, text_w};
+use super::{fmt_value, interpolate, DrawResult, Figure, FONT};
 
 /// Colour scale choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scale {
     /// Values from the matrix minimum to its maximum, dark to bright
-    /// (viridis-like).
+    /// (viridis).
     Sequential,
     /// Blue for negative, white for 0, red for positive, symmetric around 0;
-    /// meant for before/after differences.
+    /// for before/after differences.
     Diverging,
 }
-
-/// What to draw and how.
-#[derive(Debug, Clone, Copy)]
-pub struct HeatmapSpec<'a> {
-    /// Title drawn above the heatmap; may be empty.
-    pub title: &'a str,
-    /// One class name per row/column, in matrix order (truncated to 8
-    /// characters when drawn).
-    pub labels: &'a [String],
-    /// Colour scale.
-    pub scale: Scale,
-    /// Side length of one cell in pixels (at least 1).
-    pub cell_px: u32,
-}
-
-/// Renders `matrix` (rows = source class, columns = target class) as an RGB8
-/// PNG and returns the encoded bytes.
-///
-/// Fails with [`Error::Input`] when the matrix is empty or not square, when
-/// `spec.labels` does not hold one label per row, or when `spec.cell_px` is 0
-/// or makes the image unreasonably large.
-pub fn render_png(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<Vec<u8>> {
-    validate(matrix, spec)?;
-    let canvas = draw(matrix, spec);
-    encode(&canvas)
-}
-
-/// Renders `matrix` like [`render_png`] and writes the PNG to `path`.
-pub fn write_png(path: &Path, matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<()> {
-    let bytes = render_png(matrix, spec)?;
-    std::fs::write(path, bytes)
-        .map_err(|e| Error::io(format!("writing heatmap {}", path.display()), e))
-}
-
-/// Largest allowed grid side (n * cell_px) in pixels.
-const MAX_GRID_PX: u64 = 16_384;
-/// Labels longer than this are truncated.
-const MAX_LABEL_CHARS: usize = 8;
-/// Outer margin in pixels.
-const MARGIN: i64 = 8;
-/// Gap between the image parts in pixels.
-const GAP: i64 = 6;
-
-const WHITE: [u8; 3] = [255, 255, 255];
-const BLACK: [u8; 3] = [0, 0, 0];
-/// Diagonal and non-finite cells.
-const GREY: [u8; 3] = [160, 160, 160];
-const OUTLINE: [u8; 3] = [90, 90, 90];
 
 /// Viridis, 5 stops, dark to bright.
 const VIRIDIS: [[f64; 3]; 5] = [
@@ -91,342 +42,264 @@ const RDBU: [[f64; 3]; 5] = [
     [244.0, 165.0, 130.0],
     [178.0, 24.0, 43.0],
 ];
+/// Diagonal and unmeasured cells.
+pub const GREY: RGBColor = RGBColor(170, 170, 170);
 
-fn validate(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Result<()> {
-    let n = matrix.len();
-    if n == 0 {
-        return Err(Error::input("heatmap: the matrix is empty"));
-    }
-    if let Some((i, row)) = matrix.iter().enumerate().find(|(_, r)| r.len() != n) {
-        return Err(Error::input(format!(
-            "heatmap: the matrix is not square: row {i} has {} entries, expected {n}",
-            row.len()
-        )));
-    }
-    if spec.labels.len() != n {
-        return Err(Error::input(format!(
-            "heatmap: {} labels for a {n}x{n} matrix",
-            spec.labels.len()
-        )));
-    }
-    if spec.cell_px == 0 {
-        return Err(Error::input("heatmap: cell_px must be at least 1"));
-    }
-    let grid = n as u64 * u64::from(spec.cell_px);
-    if grid > MAX_GRID_PX {
-        return Err(Error::input(format!(
-            "heatmap: {n} cells of {} px make a {grid} px grid, more than {MAX_GRID_PX}",
-            spec.cell_px
-        )));
-    }
-    Ok(())
+/// Font size of every label, tick and cell value, in pixels.
+const TEXT_PX: u32 = 15;
+/// Width of the colour-bar column.
+const BAR_AREA: u32 = 150;
+/// Largest class count drawn (cells would be too small to read).
+const MAX_CLASSES: usize = 100;
+
+/// A heatmap ready to draw.
+pub struct Heatmap<'a> {
+    title: &'a str,
+    matrix: &'a [Vec<f64>],
+    labels: &'a [String],
+    scale: Scale,
+    unit: &'a str,
+    range: (f64, f64),
+    cell: u32,
+    label_px: u32,
 }
 
-// ---------------------------------------------------------------------------
-// Colours and value text
-
-/// Piecewise-linear interpolation between equally spaced stops, `t` in 0..=1.
-fn interpolate(stops: &[[f64; 3]], t: f64) -> [u8; 3] {
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.5
-    };
-    let segments = (stops.len() - 1) as f64;
-    let pos = t * segments;
-    let i = (pos.floor() as usize).min(stops.len() - 2);
-    let f = pos - i as f64;
-    let mut out = [0u8; 3];
-    for (c, o) in out.iter_mut().enumerate() {
-        let v = stops[i][c] + (stops[i + 1][c] - stops[i][c]) * f;
-        *o = v.round().clamp(0.0, 255.0) as u8;
-    }
-    out
-}
-
-fn luminance(c: [u8; 3]) -> f64 {
-    0.299 * f64::from(c[0]) + 0.587 * f64::from(c[1]) + 0.114 * f64::from(c[2])
-}
-
-/// Black text on bright cells, white text on dark ones.
-fn text_colour(background: [u8; 3]) -> [u8; 3] {
-    if luminance(background) > 140.0 {
-        BLACK
-    } else {
-        WHITE
-    }
-}
-
-/// The value range a scale maps to colours.
-#[derive(Debug, Clone, Copy)]
-enum Range {
-    /// No finite off-diagonal value: nothing to map.
-    Empty,
-    /// Sequential: minimum and maximum.
-    MinMax(f64, f64),
-    /// Diverging: the largest magnitude.
-    Symmetric(f64),
-}
-
-impl Range {
-    fn of(matrix: &[Vec<f64>], scale: Scale) -> Range {
-        let values = matrix.iter().enumerate().flat_map(|(i, row)| {
-            row.iter()
-                .enumerate()
-                .filter(move |&(j, v)| j != i && v.is_finite())
-                .map(|(_, &v)| v)
-        });
-        let (mut lo, mut hi, mut any) = (f64::INFINITY, f64::NEG_INFINITY, false);
-        for v in values {
-            lo = lo.min(v);
-            hi = hi.max(v);
-            any = true;
+impl<'a> Heatmap<'a> {
+    /// Checks the matrix (square, one label per row, at most
+    /// [`MAX_CLASSES`]) and lays the figure out. `unit` captions the colour
+    /// bar.
+    pub fn new(
+        title: &'a str,
+        matrix: &'a [Vec<f64>],
+        labels: &'a [String],
+        scale: Scale,
+        unit: &'a str,
+    ) -> Result<Self> {
+        let n = matrix.len();
+        if n == 0 || n > MAX_CLASSES {
+            return Err(Error::input(format!(
+                "heatmap: {n} classes (1 to {MAX_CLASSES} can be drawn)"
+            )));
         }
-        match (any, scale) {
-            (false, _) => Range::Empty,
-            (true, Scale::Sequential) => Range::MinMax(lo, hi),
-            (true, Scale::Diverging) => Range::Symmetric(lo.abs().max(hi.abs())),
+        if let Some((i, row)) = matrix.iter().enumerate().find(|(_, r)| r.len() != n) {
+            return Err(Error::input(format!(
+                "heatmap: the matrix is not square: row {i} has {} entries, expected {n}",
+                row.len()
+            )));
         }
+        if labels.len() != n {
+            return Err(Error::input(format!(
+                "heatmap: {} labels for a {n}x{n} matrix",
+                labels.len()
+            )));
+        }
+        let range = value_range(matrix, scale);
+        // Cells wide enough for the longest value at TEXT_PX (about 0.6 em
+        // per character), and for a readable grid.
+        let widest = off_diagonal(matrix)
+            .map(|v| fmt_value(v, scale == Scale::Diverging).chars().count())
+            .max()
+            .unwrap_or(3) as u32;
+        let cell = (widest * TEXT_PX * 6 / 10 + 12)
+            .max(44)
+            .max(640 / n as u32)
+            .min(96);
+        let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+        let label_px = longest * TEXT_PX * 6 / 10 + 12;
+        Ok(Heatmap {
+            title,
+            matrix,
+            labels,
+            scale,
+            unit,
+            range,
+            cell,
+            label_px,
+        })
     }
 
-    /// Colour of a finite value.
-    fn colour(self, v: f64) -> [u8; 3] {
-        match self {
-            Range::Empty => GREY,
-            Range::MinMax(lo, hi) => {
+    /// The colour of a finite value.
+    pub fn colour(&self, v: f64) -> RGBColor {
+        let (lo, hi) = self.range;
+        match self.scale {
+            Scale::Sequential => {
                 let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
                 interpolate(&VIRIDIS, t)
             }
-            Range::Symmetric(m) => {
-                let t = if m > 0.0 { v / m } else { 0.0 };
+            Scale::Diverging => {
+                let t = if hi > 0.0 { v / hi } else { 0.0 };
                 interpolate(&RDBU, (t.clamp(-1.0, 1.0) + 1.0) / 2.0)
             }
         }
     }
 
-    /// Value shown at fraction `f` (0 = bottom, 1 = top) of the colour bar.
-    fn bar_value(self, f: f64) -> f64 {
-        match self {
-            Range::Empty => 0.0,
-            Range::MinMax(lo, hi) => lo + f * (hi - lo),
-            Range::Symmetric(m) => m * (2.0 * f - 1.0),
-        }
-    }
-
-    /// Colour-bar labels with their fraction of the bar height (1 = top).
-    fn bar_labels(self) -> Vec<(String, f64)> {
-        match self {
-            Range::Empty => vec![("n/a".into(), 1.0)],
-            Range::MinMax(lo, hi) => {
-                vec![(fmt_value(hi, false), 1.0), (fmt_value(lo, false), 0.0)]
-            }
-            Range::Symmetric(m) => vec![
-                (fmt_value(m, true), 1.0),
-                ("0".into(), 0.5),
-                (fmt_value(-m, true), 0.0),
-            ],
-        }
-    }
-}
-
-/// A value as cell text: one decimal when |v| < 10, else rounded to an
-/// integer; `signed` adds a '+' to positive values.
-fn fmt_value(v: f64, signed: bool) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let s = if v.abs() < 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    };
-    let is_zero = s
-        .trim_start_matches('-')
-        .chars()
-        .all(|c| c == '0' || c == '.');
-    match (is_zero, s.strip_prefix('-')) {
-        (true, Some(unsigned)) => unsigned.to_string(),
-        (false, None) if signed => format!("+{s}"),
-        _ => s,
-    }
-}
-
-fn truncate_label(label: &str) -> String {
-    label.chars().take(MAX_LABEL_CHARS).collect()
-}
-
-// ---------------------------------------------------------------------------
-// Layout and drawing
-
-/// Where everything goes, in pixels.
-#[derive(Debug, Clone)]
-struct Layout {
-    width: i64,
-    height: i64,
-    cell: i64,
-    label_scale: i64,
-    title_scale: i64,
-    title_y: i64,
-    /// Column labels end (exclusive) at this y.
-    col_label_bottom: i64,
-    col_labels_vertical: bool,
-    grid_x: i64,
-    grid_y: i64,
-    bar_x: i64,
-    bar_w: i64,
-    bar_label_x: i64,
-}
-
-impl Layout {
-    fn new(n: usize, labels: &[String], title: &str, range: Range, cell_px: u32) -> Layout {
-        let cell = i64::from(cell_px);
-        let label_scale = if cell >= 40 { 2 } else { 1 };
-        let title_scale = label_scale + 1;
-
-        let label_w = labels
-            .iter()
-            .map(|l| text_w(l, label_scale))
-            .max()
-            .unwrap_or(0);
-        let col_labels_vertical = label_w > cell - 2;
-        let col_h = if col_labels_vertical {
-            label_w
+    /// The colour of cell (row, column) and its text.
+    pub fn cell(&self, row: usize, col: usize) -> (RGBColor, String) {
+        let v = self.matrix[row][col];
+        if row == col {
+            (GREY, String::new())
+        } else if v.is_finite() {
+            (self.colour(v), fmt_value(v, self.scale == Scale::Diverging))
         } else {
-            text_h(label_scale)
-        };
-        let title_h = if title.is_empty() {
-            0
-        } else {
-            text_h(title_scale) + GAP
-        };
-
-        let title_y = MARGIN;
-        let col_label_bottom = MARGIN + title_h + col_h;
-        let grid_x = MARGIN + label_w + GAP;
-        let grid_y = col_label_bottom + GAP;
-        let grid = n as i64 * cell;
-
-        let bar_x = grid_x + grid + 2 * GAP;
-        let bar_w = (cell / 3).max(8);
-        let bar_label_x = bar_x + bar_w + GAP;
-        let bar_label_w = range
-            .bar_labels()
-            .iter()
-            .map(|(s, _)| text_w(s, label_scale))
-            .max()
-            .unwrap_or(0);
-
-        let width =
-            (bar_label_x + bar_label_w + MARGIN).max(2 * MARGIN + text_w(title, title_scale));
-        // The colour-bar labels may be taller than a tiny grid.
-        let height = grid_y + grid.max(text_h(label_scale)) + MARGIN;
-        Layout {
-            width,
-            height,
-            cell,
-            label_scale,
-            title_scale,
-            title_y,
-            col_label_bottom,
-            col_labels_vertical,
-            grid_x,
-            grid_y,
-            bar_x,
-            bar_w,
-            bar_label_x,
+            (GREY, "n/a".into())
         }
     }
 
-    /// Top-left pixel of cell (row, col).
-    fn cell_origin(&self, row: usize, col: usize) -> (i64, i64) {
-        (
-            self.grid_x + col as i64 * self.cell,
-            self.grid_y + row as i64 * self.cell,
-        )
+    fn n(&self) -> usize {
+        self.matrix.len()
+    }
+
+    fn draw_grid<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let n = self.n();
+        let last = n as i32 - 1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.title, (FONT, TEXT_PX + 5))
+            .margin(12)
+            .x_label_area_size(self.label_px + 24)
+            .y_label_area_size(self.label_px + 24)
+            .build_cartesian_2d((0..last).into_segmented(), (0..last).into_segmented())?;
+        // Row 0 is drawn at the top, in segment n - 1.
+        let row_name = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(k) => self
+                .labels
+                .get((last - k) as usize)
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n)
+            .y_labels(n)
+            .x_label_formatter(&|_| String::new())
+            .y_label_formatter(&row_name)
+            .y_label_style((FONT, TEXT_PX))
+            .x_desc("target class")
+            .y_desc("source class")
+            .axis_desc_style((FONT, TEXT_PX))
+            .draw()?;
+        let (xs, ys) = chart.plotting_area().get_pixel_range();
+        super::column_labels(area, self.labels, xs, ys.end, TEXT_PX)?;
+        let edge = |k: usize| match k < n {
+            true => SegmentValue::Exact(k as i32),
+            false => SegmentValue::Last,
+        };
+        // Row 0 at the top: row i occupies segment n - 1 - i.
+        let cells: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).collect();
+        chart.draw_series(cells.iter().map(|&(i, j)| {
+            let (colour, _) = self.cell(i, j);
+            Rectangle::new(
+                [(edge(j), edge(n - 1 - i)), (edge(j + 1), edge(n - i))],
+                colour.filled(),
+            )
+        }))?;
+        let centred = Pos::new(HPos::Center, VPos::Center);
+        chart.draw_series(cells.iter().map(|&(i, j)| {
+            let (colour, text) = self.cell(i, j);
+            let ink: &'static RGBColor = if luminance(colour) > 140.0 {
+                &BLACK
+            } else {
+                &WHITE
+            };
+            Text::new(
+                text,
+                (
+                    SegmentValue::CenterOf(j as i32),
+                    SegmentValue::CenterOf((n - 1 - i) as i32),
+                ),
+                TextStyle::from((FONT, TEXT_PX).into_font())
+                    .color(ink)
+                    .pos(centred),
+            )
+        }))?;
+        Ok(())
+    }
+
+    /// The colour bar: the scale's range top to bottom, its unit beside it.
+    fn draw_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let (lo, hi) = match self.scale {
+            Scale::Sequential => self.range,
+            Scale::Diverging => (-self.range.1, self.range.1),
+        };
+        let (lo, hi) = if hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 1.0, lo + 1.0)
+        };
+        let top = TEXT_PX as i32 + 5 + 24;
+        let bottom = self.label_px as i32 + 24 + 12;
+        let area = area.margin(top, bottom, 8, 8);
+        let mut chart = ChartBuilder::on(&area)
+            .y_label_area_size(0)
+            .right_y_label_area_size(56)
+            .build_cartesian_2d(0.0..1.0, lo..hi)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(6)
+            .y_label_formatter(&|v| fmt_value(*v, self.scale == Scale::Diverging))
+            .y_label_style((FONT, TEXT_PX))
+            .y_desc(self.unit)
+            .axis_desc_style((FONT, TEXT_PX))
+            .draw()?;
+        let steps = 120;
+        chart.draw_series((0..steps).map(|k| {
+            let a = lo + (hi - lo) * k as f64 / steps as f64;
+            let b = lo + (hi - lo) * (k + 1) as f64 / steps as f64;
+            Rectangle::new([(0.0, a), (1.0, b)], self.colour((a + b) / 2.0).filled())
+        }))?;
+        Ok(())
     }
 }
 
-/// Largest text scale at which `text` fits inside a cell with a 2 px margin
-/// all round, if any.
-fn cell_text_scale(text: &str, cell: i64) -> Option<i64> {
-    let max = (cell / 20).clamp(1, 3);
-    (1..=max)
-        .rev()
-        .find(|&s| text_w(text, s) + 4 <= cell && text_h(s) + 4 <= cell)
+impl Figure for Heatmap<'_> {
+    fn size(&self) -> (u32, u32) {
+        let grid = self.n() as u32 * self.cell;
+        let side = self.label_px + 24 + 24;
+        let title = TEXT_PX + 5 + 24;
+        let w = side + grid + BAR_AREA;
+        let h = title + grid + side;
+        (w.max(self.title.chars().count() as u32 * 12 + BAR_AREA), h)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let (w, _) = self.size();
+        let (grid, bar) = area.split_horizontally(w - BAR_AREA);
+        self.draw_grid(&grid)?;
+        self.draw_bar(&bar)
+    }
 }
 
-fn draw(matrix: &[Vec<f64>], spec: &HeatmapSpec) -> Canvas {
-    let n = matrix.len();
-    let labels: Vec<String> = spec.labels.iter().map(|l| truncate_label(l)).collect();
-    let range = Range::of(matrix, spec.scale);
-    let lay = Layout::new(n, &labels, spec.title, range, spec.cell_px);
-    let mut cv = Canvas::new(lay.width, lay.height);
-    let (ls, cell) = (lay.label_scale, lay.cell);
+fn luminance(c: RGBColor) -> f64 {
+    0.299 * f64::from(c.0) + 0.587 * f64::from(c.1) + 0.114 * f64::from(c.2)
+}
 
-    // Title, centred.
-    if !spec.title.is_empty() {
-        let x = (lay.width - text_w(spec.title, lay.title_scale)) / 2;
-        cv.text(x, lay.title_y, spec.title, lay.title_scale, BLACK);
-    }
+fn off_diagonal(matrix: &[Vec<f64>]) -> impl Iterator<Item = f64> + '_ {
+    matrix.iter().enumerate().flat_map(|(i, row)| {
+        row.iter()
+            .enumerate()
+            .filter(move |&(j, v)| j != i && v.is_finite())
+            .map(|(_, &v)| v)
+    })
+}
 
-    // Row labels (right-aligned) and column labels.
-    for (i, label) in labels.iter().enumerate() {
-        let (cx, cy) = lay.cell_origin(i, i);
-        let x = lay.grid_x - GAP - text_w(label, ls);
-        cv.text(x, cy + (cell - text_h(ls)) / 2, label, ls, BLACK);
-        if lay.col_labels_vertical {
-            let x = cx + (cell - text_h(ls)) / 2;
-            cv.text_vertical(x, lay.col_label_bottom, label, ls, BLACK);
-        } else {
-            let x = cx + (cell - text_w(label, ls)) / 2;
-            cv.text(x, lay.col_label_bottom - text_h(ls), label, ls, BLACK);
-        }
+/// Sequential: (min, max) of the finite off-diagonal values; diverging:
+/// (0, largest magnitude). (0, 0) when nothing was measured.
+fn value_range(matrix: &[Vec<f64>], scale: Scale) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in off_diagonal(matrix) {
+        lo = lo.min(v);
+        hi = hi.max(v);
     }
-
-    // Cells.
-    let signed = spec.scale == Scale::Diverging;
-    for (i, row) in matrix.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            let (x, y) = lay.cell_origin(i, j);
-            if i == j {
-                cv.fill_rect(x, y, cell, cell, GREY);
-                continue;
-            }
-            let bg = if v.is_finite() { range.colour(v) } else { GREY };
-            cv.fill_rect(x, y, cell, cell, bg);
-            let text = fmt_value(v, signed);
-            if let Some(s) = cell_text_scale(&text, cell) {
-                let tx = x + (cell - text_w(&text, s)) / 2;
-                let ty = y + (cell - text_h(s)) / 2;
-                cv.text(tx, ty, &text, s, text_colour(bg));
-            }
-        }
+    if lo > hi {
+        return (0.0, 0.0);
     }
-
-    // Colour bar, top = maximum.
-    let grid = n as i64 * cell;
-    for k in 0..grid {
-        let f = if grid > 1 {
-            1.0 - k as f64 / (grid - 1) as f64
-        } else {
-            1.0
-        };
-        let c = match range {
-            Range::Empty => GREY,
-            _ => range.colour(range.bar_value(f)),
-        };
-        cv.fill_rect(lay.bar_x, lay.grid_y + k, lay.bar_w, 1, c);
+    match scale {
+        Scale::Sequential => (lo, hi),
+        Scale::Diverging => (0.0, lo.abs().max(hi.abs())),
     }
-    cv.outline(lay.bar_x, lay.grid_y, lay.bar_w, grid, OUTLINE);
-    let span = (grid - text_h(ls)).max(0);
-    for (text, f) in range.bar_labels() {
-        let y = lay.grid_y + ((1.0 - f) * span as f64).round() as i64;
-        cv.text(lay.bar_label_x, y, &text, ls, BLACK);
-    }
-    cv
 }
 
 #[cfg(test)]
