@@ -20,7 +20,7 @@ export MothError, Device, CPU, cuda, Tensor, c_shape, dtype, device,
        Config, merge_json!, set_preset!, json,
        Classifier, load_torchscript, set_train!, forward, save,
        Session, load_session, to_bytes, harden_batch!, HardenResult, last_report,
-       wants_accuracy, report_accuracy!, phase, step, isdone, accuracy, spec,
+       wants_accuracy, report_accuracy!, phase, isdone, accuracy, spec,
        config_json, matrix, set_cuda_stream!, cuda_stream, set_logger!, last_error,
        Phase, Direction, StepReport, AccuracyState, Spec
 

@@ -263,9 +263,10 @@ end
 """
     step(s) -> Int
 
-The number of steps completed.
+The number of steps completed (a method of `Base.step`: a function of our
+own named `step` would clash with Base's in every program using both).
 """
-function step(s::Session)
+function Base.step(s::Session)
     out = Ref{UInt64}(0)
     with_session(s) do p
         GC.@preserve s out @ccall libmoth().moth_session_step(p::Ptr{moth_session}, out::Ref{UInt64})::Int32
