@@ -69,6 +69,36 @@ fn every_foreign_call_matches_the_header() {
     );
 }
 
+/// Julia syntax of every `.jl` file (tests/julia_check/syntax.py, with
+/// tree-sitter's Julia grammar), where python3 has the `tree_sitter_julia`
+/// module (PyPI `tree-sitter-julia`); elsewhere it says it skipped.
+#[test]
+fn julia_sources_parse_where_tree_sitter_julia_is_installed() {
+    let has = Command::new("python3")
+        .args(["-c", "import tree_sitter, tree_sitter_julia"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        println!(
+            "skipped: python3 has no tree_sitter_julia module \
+             (pip install tree-sitter tree-sitter-julia)"
+        );
+        return;
+    }
+    let mut files: Vec<String> = julia_files(&root().join("bindings/julia"))
+        .into_iter()
+        .chain(julia_files(&root().join("examples/julia")))
+        .map(|(path, _)| path)
+        .collect();
+    files.sort();
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(root().join("tests/julia_check/syntax.py"))
+        .args(&files)
+        .current_dir(root()));
+    println!("{out}");
+    assert!(ok, "Julia syntax errors:\n{out}{err}");
+}
+
 /// Runs the package's tests where Julia is installed.
 #[test]
 fn julia_package_tests_pass_where_julia_is_installed() {
