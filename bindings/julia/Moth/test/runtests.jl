@@ -63,7 +63,7 @@ end
         @test Moth.status_symbol(Moth.MOTH_STATUS_WRONG_SHAPE) === :wrong_shape
         @test Moth.status_symbol(12345) === :unknown
         cfg = Config()
-        e = thrown(() -> cfg["no_such_key"] = 1)
+        e = thrown(() -> (cfg["no_such_key"] = 1))
         @test e isa MothError && e.status === :invalid_config && e.code == Moth.MOTH_STATUS_INVALID_CONFIG
         @test occursin("no_such_key", e.message)
         @test occursin("invalid_config", sprint(showerror, e))
@@ -86,11 +86,11 @@ end
         set_preset!(cfg, "reference")
         @test json(cfg) != text
         # Cstring refuses NUL bytes before C sees them.
-        @test_throws ArgumentError cfg["max_steps\0x"] = 3
+        @test_throws ArgumentError (cfg["max_steps\0x"] = 3)
         close(cfg)
         close(cfg)  # twice is fine
         @test !isopen(cfg)
-        @test thrown(() -> cfg["seed"] = 1).status === :null_pointer
+        @test thrown(() -> (cfg["seed"] = 1)).status === :null_pointer
     end
 
     @testset "tensors: WHCN arrays are NCHW tensors, no permutation" begin
