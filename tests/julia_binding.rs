@@ -120,6 +120,8 @@ fn julia_package_tests_pass_where_julia_is_installed() {
     let (ok, out, err) = run(Command::new("julia")
         .arg("--project=bindings/julia/Moth")
         .arg("--startup-file=no")
+        // Two threads, so that the tests of tasks moving between threads mean something.
+        .arg("--threads=2")
         .arg("bindings/julia/Moth/test/runtests.jl")
         .current_dir(root())
         .env("JULIA_DEPOT_PATH", &depot)
