@@ -377,3 +377,30 @@ function cuda_stream(s::Session)
     end
     return (Int(device[]), stream[])
 end
+
+"""
+    set_logger!(s, f) -> s
+    set_logger!(s, nothing) -> s
+
+Sends the session's log messages (one info line per step, accuracy
+verdicts, checkpoint saves, and every failed call's message at error level)
+to `f(level::Symbol, message::String)`, `level` one of `:error`, `:warn`,
+`:info`, `:debug`, `:trace`. `f` runs on the calling task right after each
+moth call on the session returns, with that call's messages in order, so
+it may do anything, including calls on the session. `nothing` removes it.
+Example: `set_logger!(s, (level, msg) -> @info msg)`.
+"""
+function set_logger!(s::Session, f::Union{Nothing,Function})
+    box = s.logs
+    callback = f === nothing ? C_NULL : LOG_TRAMPOLINE[]
+    # The box lives as long as the session (a field of it), and moth calls
+    # back only during calls on the session, so a plain pointer to it is
+    # safe; Julia keeps ownership (no free function).
+    user_data = f === nothing ? C_NULL : pointer_from_objref(box)
+    with_session(s) do p
+        st = GC.@preserve s box @ccall libmoth().moth_session_set_log_callback(p::Ptr{moth_session}, callback::Ptr{Cvoid}, user_data::Ptr{Cvoid}, C_NULL::Ptr{Cvoid})::Int32
+        st == MOTH_STATUS_OK && (box.sink = f)
+        st
+    end
+    return s
+end
