@@ -114,8 +114,12 @@ fn julia_package_tests_pass_where_julia_is_installed() {
         return;
     }
     let model = scratch_dir("julia_binding").join("fmnist_cnn.pt");
+    let trainable = scratch_dir("julia_binding").join("fmnist_scripted.pt");
     tch::set_num_threads(1);
     fashion_model(&model);
+    // Module parameters, which moth's trainer can train (a traced model's
+    // weights are constants).
+    trainable_fashion_model(&trainable);
     let depot: PathBuf = scratch_dir("julia_binding").join("depot");
     let (ok, out, err) = run(Command::new("julia")
         .arg("--project=bindings/julia/Moth")
@@ -127,7 +131,8 @@ fn julia_package_tests_pass_where_julia_is_installed() {
         .env("JULIA_DEPOT_PATH", &depot)
         .env("JULIA_PKG_OFFLINE", "true")
         .env("MOTH_LIBRARY", libmoth())
-        .env("MOTH_TEST_MODEL", &model));
+        .env("MOTH_TEST_MODEL", &model)
+        .env("MOTH_TEST_TRAINABLE", &trainable));
     println!("{out}{err}");
     assert!(ok, "the Julia package's tests failed:\n{out}{err}");
 }

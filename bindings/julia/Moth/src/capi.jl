@@ -25,6 +25,7 @@ const MOTH_DEVICE_TYPE_CUDA = Int32(1)
 const MOTH_STATUS_OK = Int32(0)
 const MOTH_STATUS_DONE = Int32(1)
 const MOTH_STATUS_ACCURACY_WANTED = Int32(2)
+const MOTH_STATUS_CANCELLED = Int32(3)
 const MOTH_STATUS_NULL_POINTER = Int32(-1)
 const MOTH_STATUS_INVALID_UTF8 = Int32(-2)
 const MOTH_STATUS_INVALID_ARGUMENT = Int32(-3)
@@ -69,8 +70,11 @@ const MOTH_LOG_LEVEL_TRACE = Int32(5)
 mutable struct moth_buffer end
 mutable struct moth_classifier end
 mutable struct moth_config end
+mutable struct moth_distance_config end
+mutable struct moth_distance_result end
 mutable struct moth_session end
 mutable struct moth_tensor end
+mutable struct moth_trainer end
 
 struct moth_device
     kind::Int32   # MOTH_DEVICE_TYPE_*
@@ -126,7 +130,6 @@ nor listed here.
 const NOT_WRAPPED = Dict{Symbol,String}(
     :moth_tensor_from_at_tensor => "C++ only: takes a pointer to a libtorch at::Tensor, which Julia does not have",
     :moth_tensor_to_at_tensor => "C++ only: gives a pointer to a libtorch at::Tensor, which Julia cannot use",
-    :moth_classifier_from_callback => "its forward callback must return libtorch tensors that autograd flows through back to the input; Julia models have no libtorch autograd graph",
-    :moth_callback_set_error => "only meaningful inside a forward or set_train callback of moth_classifier_from_callback, which this package does not use",
+    :moth_classifier_from_callback => "its forward callback must return libtorch tensors that autograd flows through back to the input; Julia models have no libtorch autograd graph (Julia models use moth_classifier_from_host)",
 )
 

@@ -4,7 +4,7 @@
     Classifier
 
 A model moth can run: `load_torchscript(path, (c, h, w))` for a TorchScript
-module. Calls on one classifier are serialised by moth; it may serve
+module, `Classifier(forward, input_grad; num_classes)` for a Julia model. Calls on one classifier are serialised by moth; it may serve
 several sessions. Free it with `close` (or leave it to the garbage
 collector).
 """
@@ -57,8 +57,8 @@ end
 Switches the model between training and evaluation behaviour.
 """
 function set_train!(clf::Classifier, train::Bool)
-    st = GC.@preserve clf @ccall libmoth().moth_classifier_set_train(handle(clf)::Ptr{moth_classifier}, train::Bool)::Int32
-    check(st)
+    call() = check(GC.@preserve clf @ccall libmoth().moth_classifier_set_train(handle(clf)::Ptr{moth_classifier}, train::Bool)::Int32)
+    is_host(clf) ? pinned(call) : call()
     return clf
 end
 
@@ -71,8 +71,8 @@ size (classes, N), Flux's layout (the C-order [N, classes] reversed).
 """
 function forward(clf::Classifier, x::Tensor)
     out = Ref{Ptr{moth_tensor}}(C_NULL)
-    st = GC.@preserve clf x out @ccall libmoth().moth_classifier_forward(handle(clf)::Ptr{moth_classifier}, handle(x)::Ptr{moth_tensor}, out::Ref{Ptr{moth_tensor}})::Int32
-    check(st)
+    call() = check(GC.@preserve clf x out @ccall libmoth().moth_classifier_forward(handle(clf)::Ptr{moth_classifier}, handle(x)::Ptr{moth_tensor}, out::Ref{Ptr{moth_tensor}})::Int32)
+    is_host(clf) ? pinned(call) : call()
     return Tensor(out[])
 end
 

@@ -131,16 +131,7 @@ function to_bytes(s::Session)
     with_session(s) do p
         GC.@preserve s buffer @ccall libmoth().moth_session_to_buffer(p::Ptr{moth_session}, buffer::Ref{Ptr{moth_buffer}})::Int32
     end
-    b = buffer[]
-    try
-        data = Ref{Ptr{UInt8}}(C_NULL)
-        len = Ref{Csize_t}(0)
-        st = GC.@preserve data len @ccall libmoth().moth_buffer_data(b::Ptr{moth_buffer}, data::Ref{Ptr{UInt8}}, len::Ref{Csize_t})::Int32
-        check(st)
-        return copy(unsafe_wrap(Array, data[], Int(len[])))
-    finally
-        GC.@preserve buffer @ccall libmoth().moth_buffer_free(b::Ptr{moth_buffer})::Cvoid
-    end
+    return take_buffer!(buffer[])
 end
 
 """
@@ -171,12 +162,14 @@ C-order [N, C, H, W] tensor, passed without a Julia-side copy), pixels in
 function harden_batch!(s::Session, clf::Classifier, x::Tensor, y::Tensor)
     out = Ref{Ptr{moth_tensor}}(C_NULL)
     report = Ref{moth_step_report}()
-    status = with_session(s) do p
+    call() = with_session(s) do p
         st = GC.@preserve s clf x y out @ccall libmoth().moth_session_harden_batch(p::Ptr{moth_session}, handle(clf)::Ptr{moth_classifier}, handle(x)::Ptr{moth_tensor}, handle(y)::Ptr{moth_tensor}, out::Ref{Ptr{moth_tensor}})::Int32
         st == MOTH_STATUS_OK || return st
         # Under the same lock, so that the report is this step's.
         GC.@preserve s report @ccall libmoth().moth_session_last_report(p::Ptr{moth_session}, report::Ref{moth_step_report})::Int32
     end
+    # A Julia model's callbacks run inside this call: keep it on one thread.
+    status = is_host(clf) ? pinned(call) : call()
     status == MOTH_STATUS_OK || return HardenResult{Tensor}(status_symbol(status), nothing, nothing)
     return HardenResult{Tensor}(:ok, Tensor(out[]), StepReport(report[]))
 end

@@ -1,12 +1,16 @@
 # The package's tests, run against a built libmoth (MOTH_LIBRARY, or the
 # repository's target/release/libmoth.so) and a TorchScript Fashion-MNIST
-# classifier (1x28x28 -> 10 logits) at MOTH_TEST_MODEL; tests/julia_binding.rs
-# runs them where `julia` is installed:
+# classifier (1x28x28 -> 10 logits) at MOTH_TEST_MODEL (and a trainable one
+# at MOTH_TEST_TRAINABLE); tests/julia_binding.rs runs them where `julia` is
+# installed:
 #   julia --project=bindings/julia/Moth bindings/julia/Moth/test/runtests.jl
 using Test
 using Moth
 
 const MODEL = get(ENV, "MOTH_TEST_MODEL", "")
+# A TorchScript model with module parameters, for moth's trainer (a traced
+# model's weights are constants): MOTH_TEST_TRAINABLE.
+const TRAINABLE = get(ENV, "MOTH_TEST_TRAINABLE", "")
 const CLASSES = 10
 const SIDE = 28
 
@@ -262,6 +266,86 @@ end
         close(clf)
         @test thrown(() -> forward(clf, x)).status === :null_pointer
         GC.gc()  # finalizers of everything above run, after the closes
+    end
+
+    @testset "a Julia model through host callbacks" begin
+        # A linear model with its gradient written out: W * x + b.
+        W = Float32[sin(0.01f0 * i + 0.3f0 * k) for k in 1:CLASSES, i in 1:(SIDE * SIDE)]
+        fwd(x) = W * reshape(x, :, size(x, 4))
+        grad(x, dy) = reshape(W' * dy, size(x))
+        modes = Bool[]
+        clf = Classifier(fwd, grad; num_classes=CLASSES, set_train=t -> push!(modes, t))
+        x, y = batch(7, 20)
+        @test forward(clf, x) ≈ fwd(x)
+        set_train!(clf, true)
+        @test modes[end] == true
+        s = new_session(quick_config("""{"max_steps": 2}"""))
+        r = harden_batch!(s, clf, x, y)
+        @test r.status === :ok && size(r.stamped) == size(x)
+        @test modes[end] == false  # moth inverts in evaluation mode
+        # A failing callback becomes :callback, with the exception's text.
+        broken = Classifier(x -> error("the model broke"), grad; num_classes=CLASSES)
+        e = thrown(() -> forward(broken, x))
+        @test e.status === :callback && occursin("the model broke", e.message)
+        narrow = Classifier(x -> zeros(Float32, 3, size(x, 4)), grad; num_classes=CLASSES)
+        @test thrown(() -> forward(narrow, x)).status === :callback
+        # From a task that may migrate, the call runs pinned to one thread.
+        @test fetch(Threads.@spawn forward(clf, x)) ≈ fwd(x)
+        foreach(close, (s, clf, broken, narrow))
+    end
+
+    @testset "distances" begin
+        clf = load_torchscript(MODEL, (1, SIDE, SIDE))
+        d = DistanceConfig("quick")
+        set_samples!(d, 2)
+        set_steps!(d, 5)
+        set_seeds!(d, [0])
+        @test occursin("steps", json(d))
+        @test thrown(() -> DistanceConfig("nope")).status === :invalid_config
+        x, y = batch(8, 40)
+        pairs = [(0, 1), (1, 0), (2, 3)]
+        calls = Ref(0)
+        r = measure_distances(clf, d, x, y; num_classes=CLASSES, pairs,
+                              progress=(done, total) -> (calls[] += 1; done <= total))
+        m = distance_matrix(r)
+        @test size(m) == (CLASSES, CLASSES) && m[1, 1] == 0 && calls[] > 0
+        @test all(m[i, j] == 0 for i in 1:CLASSES, j in 1:CLASSES if !((i - 1, j - 1) in pairs))
+        @test input_shape(r) == (1, SIDE, SIDE)
+        t = trigger(r, 0, 1)
+        @test t === nothing || (size(t.mask) == (SIDE, SIDE) && size(t.pattern) == (SIDE, SIDE, 1))
+        @test trigger(r, 5, 6) === nothing
+        @test occursin("values", json(r))
+        again = measure_distances(clf, d, x, y; num_classes=CLASSES, pairs)
+        @test distance_matrix(again) == m  # same protocol, same matrix
+        @test measure_distances(clf, d, x, y; num_classes=CLASSES, pairs, progress=(a, b) -> false) === nothing
+        @test_throws ErrorException measure_distances(clf, d, x, y; num_classes=CLASSES, pairs,
+                                                      progress=(a, b) -> error("stop here"))
+        foreach(close, (r, again, d, clf))
+    end
+
+    @testset "moth's trainer: steps, checkpoint, bit-exact resume" begin
+        isfile(TRAINABLE) || error("MOTH_TEST_TRAINABLE must name a trainable TorchScript model (is $(repr(TRAINABLE)))")
+        clf = load_torchscript(TRAINABLE, (1, SIDE, SIDE))
+        tr = Trainer(clf)
+        x, y = batch(9, 32)
+        @test isfinite(train_step!(tr, x, y))
+        @test steps(tr) == 1
+        bytes = to_bytes(tr)
+        path = joinpath(mktempdir(), "trainer.ckpt")
+        save(tr, path)
+        next = train_step!(tr, x, y)
+        twin = load_torchscript(TRAINABLE, (1, SIDE, SIDE))
+        resumed = Trainer(twin, bytes)
+        @test steps(resumed) == 1
+        @test train_step!(resumed, x, y) == next
+        @test forward(twin, x) == forward(clf, x)
+        from_file = load_trainer(load_torchscript(TRAINABLE, (1, SIDE, SIDE)), path)
+        @test steps(from_file) == 1
+        @test thrown(() -> Trainer(clf; optimizer="nope")).status === :invalid_config
+        @test thrown(() -> train_step!(tr, x, fill(Int64(CLASSES), 32))).status === :label_out_of_range
+        host = Classifier(x -> zeros(Float32, CLASSES, size(x, 4)), (x, dy) -> zero(x); num_classes=CLASSES)
+        @test thrown(() -> Trainer(host)).status === :unsupported
+        foreach(close, (tr, resumed, from_file, clf, twin, host))
     end
 
     @testset "CUDA stream" begin
