@@ -294,6 +294,12 @@ enum moth_phase_kind
      * Finished (`done_reason` says why); no further hardening.
      */
     MOTH_PHASE_KIND_DONE = 3,
+    /**
+     * Recovery (`recover_steps`): accuracy fell beyond the bound; the next
+     * step hands back the clean batch. `step_in_period` counts the clean
+     * steps taken so far.
+     */
+    MOTH_PHASE_KIND_RECOVER = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -357,6 +363,12 @@ enum moth_verdict
      * that was within the bound.
      */
     MOTH_VERDICT_EXCEEDED = 3,
+    /**
+     * Beyond the bound, and the session recovers (`recover_steps`): keep
+     * training this model on the clean batches it hands back; do not
+     * record it as a good one.
+     */
+    MOTH_VERDICT_RECOVERING = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

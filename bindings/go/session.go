@@ -22,6 +22,9 @@ const (
 	PhaseOrthogonalize = PhaseKind(C.MOTH_PHASE_KIND_ORTHOGONALIZE)
 	PhaseUniversal     = PhaseKind(C.MOTH_PHASE_KIND_UNIVERSAL)
 	PhaseDone          = PhaseKind(C.MOTH_PHASE_KIND_DONE)
+	// PhaseRecover: accuracy fell beyond the bound and the session hands
+	// back clean batches until it is back (recover_steps).
+	PhaseRecover = PhaseKind(C.MOTH_PHASE_KIND_RECOVER)
 )
 
 func (k PhaseKind) String() string {
@@ -34,6 +37,8 @@ func (k PhaseKind) String() string {
 		return "universal"
 	case PhaseDone:
 		return "done"
+	case PhaseRecover:
+		return "recover"
 	}
 	return fmt.Sprintf("PhaseKind(%d)", int32(k))
 }
@@ -71,6 +76,9 @@ const (
 	// VerdictExceeded means the session is now done: go back to the last
 	// model that was within the bound.
 	VerdictExceeded = Verdict(C.MOTH_VERDICT_EXCEEDED)
+	// VerdictRecovering means the session recovers: keep training this
+	// model on the clean batches it hands back, but do not keep it as good.
+	VerdictRecovering = Verdict(C.MOTH_VERDICT_RECOVERING)
 )
 
 func (v Verdict) String() string {
@@ -83,6 +91,8 @@ func (v Verdict) String() string {
 		return "within bound"
 	case VerdictExceeded:
 		return "exceeded"
+	case VerdictRecovering:
+		return "recovering"
 	}
 	return fmt.Sprintf("Verdict(%d)", int32(v))
 }

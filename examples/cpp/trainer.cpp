@@ -492,8 +492,8 @@ int main(int argc, char **argv) try {
             if (verdict == MOTH_VERDICT_EXCEEDED) {
                 restore(net, good); // back to the last model within the bound
                 std::cout << "accuracy bound exceeded: restored the last good model\n";
-            } else {
-                good = snapshot(net);
+            } else if (verdict != MOTH_VERDICT_RECOVERING) {
+                good = snapshot(net); // recovering: keep training, not a good model
             }
         }
         if (offset + batch > n_train) {

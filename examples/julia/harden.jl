@@ -83,7 +83,8 @@ function main()
                     trainer = Trainer(clf, last_good)  # back to the last model within the bound
                     break
                 end
-                last_good = to_bytes(trainer)
+                # Recovering: keep training on the clean batches, not a good model.
+                verdict === :recovering || (last_good = to_bytes(trainer))
                 r = harden_batch!(s, clf, xb, yb)
             end
             r.status === :done && break

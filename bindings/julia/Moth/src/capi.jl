@@ -49,10 +49,12 @@ const MOTH_STATUS_BUSY = Int32(-20)
 const MOTH_STATUS_UNSUPPORTED = Int32(-21)
 const MOTH_STATUS_INVALID_HANDLE = Int32(-22)
 const MOTH_STATUS_MODEL_OUTPUT = Int32(-23)
+const MOTH_STATUS_COLLECTIVE = Int32(-24)
 const MOTH_PHASE_KIND_WARMUP = Int32(0)
 const MOTH_PHASE_KIND_ORTHOGONALIZE = Int32(1)
 const MOTH_PHASE_KIND_UNIVERSAL = Int32(2)
 const MOTH_PHASE_KIND_DONE = Int32(3)
+const MOTH_PHASE_KIND_RECOVER = Int32(4)
 const MOTH_DONE_REASON_NONE = Int32(0)
 const MOTH_DONE_REASON_STEP_BUDGET = Int32(1)
 const MOTH_DONE_REASON_ACCURACY_BOUND = Int32(2)
@@ -60,6 +62,7 @@ const MOTH_VERDICT_NONE = Int32(0)
 const MOTH_VERDICT_BASELINE = Int32(1)
 const MOTH_VERDICT_WITHIN_BOUND = Int32(2)
 const MOTH_VERDICT_EXCEEDED = Int32(3)
+const MOTH_VERDICT_RECOVERING = Int32(4)
 const MOTH_LOG_LEVEL_ERROR = Int32(1)
 const MOTH_LOG_LEVEL_WARN = Int32(2)
 const MOTH_LOG_LEVEL_INFO = Int32(3)
@@ -131,5 +134,6 @@ const NOT_WRAPPED = Dict{Symbol,String}(
     :moth_tensor_from_at_tensor => "C++ only: takes a pointer to a libtorch at::Tensor, which Julia does not have",
     :moth_tensor_to_at_tensor => "C++ only: gives a pointer to a libtorch at::Tensor, which Julia cannot use",
     :moth_classifier_from_callback => "its forward callback must return libtorch tensors that autograd flows through back to the input; Julia models have no libtorch autograd graph (Julia models use moth_classifier_from_host)",
+    :moth_session_set_collective => "data-parallel hardening: its all-reduce and broadcast callbacks would be called from inside a step on the trainer's process group; not wrapped yet (a Julia trainer with MPI.jl would need them)",
 )
 

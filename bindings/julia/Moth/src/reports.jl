@@ -6,6 +6,7 @@ const PHASE_KINDS = Dict{Int32,Symbol}(
     MOTH_PHASE_KIND_ORTHOGONALIZE => :orthogonalize,
     MOTH_PHASE_KIND_UNIVERSAL => :universal,
     MOTH_PHASE_KIND_DONE => :done,
+    MOTH_PHASE_KIND_RECOVER => :recover,
 )
 
 const DONE_REASONS = Dict{Int32,Symbol}(
@@ -19,6 +20,7 @@ const VERDICTS = Dict{Int32,Symbol}(
     MOTH_VERDICT_BASELINE => :baseline,
     MOTH_VERDICT_WITHIN_BOUND => :within_bound,
     MOTH_VERDICT_EXCEEDED => :exceeded,
+    MOTH_VERDICT_RECOVERING => :recovering,
 )
 
 const MATRICES = Dict{Symbol,Int32}(

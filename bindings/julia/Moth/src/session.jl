@@ -229,7 +229,9 @@ end
 Reports the clean accuracy (in [0, 1]) of the current model when one is
 due. `verdict` is `:baseline` (the first report), `:within_bound` or
 `:exceeded` (the session is done: go back to the last model within the
-bound); `drop` is the baseline minus this accuracy.
+bound) or `:recovering` (beyond the bound, and the session hands back clean
+batches until accuracy is back: keep training this model, but do not keep it
+as a good one); `drop` is the baseline minus this accuracy.
 """
 function report_accuracy!(s::Session, accuracy::Real)
     verdict = Ref{Int32}(0)
