@@ -31,6 +31,7 @@ variants=(
     "$ref+epochs=2"                          # the reference's own 2 epochs
     "moth"                                   # the default preset
     "moth+period=6+later.steps=0"            # the default preset with reuse
+    "moth+recover_steps=100"                 # train clean past the bound, then harden again
     "asymmetric"                             # default preset, one direction per step (Fig. 6)
 )
 joined=$(IFS=,; echo "${variants[*]}")
