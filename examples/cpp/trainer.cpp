@@ -149,6 +149,7 @@ const char *phase_name(moth_phase_kind k) {
     case MOTH_PHASE_KIND_ORTHOGONALIZE: return "orthogonalize";
     case MOTH_PHASE_KIND_UNIVERSAL: return "universal";
     case MOTH_PHASE_KIND_DONE: return "done";
+    case MOTH_PHASE_KIND_RECOVER: return "recover";
     }
     return "?";
 }

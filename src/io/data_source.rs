@@ -109,7 +109,10 @@ pub fn detect(path: &Path) -> Result<DataFormat> {
     if !path.is_dir() {
         return Err(Error::format(path, "not found"));
     }
-    if Dataset::fashion_mnist_files(Some(path), Split::Train).is_ok() {
+    // A folder with only the test split serves `moth distance`; commands
+    // that train say which files are missing when they open the train split.
+    let idx = |split| Dataset::fashion_mnist_files(Some(path), split).is_ok();
+    if idx(Split::Train) || idx(Split::Test) {
         Ok(DataFormat::Idx)
     } else if path.join("x_train.npy").is_file() {
         Ok(DataFormat::NpyFolder)
@@ -118,7 +121,7 @@ pub fn detect(path: &Path) -> Result<DataFormat> {
     } else {
         Err(Error::format(
             path,
-            "not found: holds no train-images-idx3-ubyte[.gz], no x_train.npy and no train/ \
+            "not found: holds no train- or t10k-images-idx3-ubyte[.gz], no x_train.npy and no train/ \
              folder (install Fashion-MNIST with scripts/setup.sh, or point --data at your data)",
         ))
     }
@@ -146,7 +149,10 @@ impl DataSource {
         };
         source.held = match format {
             DataFormat::Idx => {
-                let [images, _] = Dataset::fashion_mnist_files(Some(path), Split::Train)?;
+                // The shape from the training images, or from the test
+                // images of a folder that holds only those.
+                let [images, _] = Dataset::fashion_mnist_files(Some(path), Split::Train)
+                    .or_else(|_| Dataset::fashion_mnist_files(Some(path), Split::Test))?;
                 let dims = read_idx_dims(&images)?;
                 source.shape = match dims.as_slice() {
                     &[_, h, w] => [1, h as i64, w as i64],

@@ -23,7 +23,7 @@ macro_rules! session_config_help {
         "Session settings as JSON: any subset of the top-level keys method, seed, \
          inversion, warmup, first, later, period, portion, stamp_at_least, \
          pairs_per_step, scheduler, bounds, \
-         max_steps, accuracy_every, max_accuracy_drop; nested objects may be \
+         max_steps, accuracy_every, max_accuracy_drop, recover_steps; nested objects may be \
          partial, e.g. '{\"first\":{\"steps\":10}}'."
     };
 }
