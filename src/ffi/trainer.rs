@@ -32,6 +32,21 @@ pub struct moth_trainer {
     state: Guarded<TrainerState>,
 }
 
+impl moth_trainer {
+    /// A trainer bound to `classifier`, behind its lock.
+    fn new(trainer: Trainer, classifier: *const moth_classifier) -> Self {
+        moth_trainer {
+            state: Guarded::new(
+                "trainer",
+                TrainerState {
+                    trainer,
+                    classifier,
+                },
+            ),
+        }
+    }
+}
+
 impl Handle for moth_trainer {
     const TAG: u64 = u64::from_be_bytes(*b"mothTRNR");
     const WHAT: &'static str = "trainer";
@@ -101,15 +116,7 @@ pub unsafe extern "C" fn moth_trainer_new(
         };
         let cfg = optimizer_of(spec)?;
         let trainer = with_model(classifier, |m| Ok(Trainer::new(cfg, m)?))?;
-        *o = into_handle(moth_trainer {
-            state: Guarded::new(
-                "trainer",
-                TrainerState {
-                    trainer,
-                    classifier,
-                },
-            ),
-        });
+        *o = into_handle(moth_trainer::new(trainer, classifier));
         Ok(())
     })
 }
@@ -242,15 +249,7 @@ fn restore(
         *m = model;
         Ok(trainer)
     })?;
-    *o = into_handle(moth_trainer {
-        state: Guarded::new(
-            "trainer",
-            TrainerState {
-                trainer,
-                classifier,
-            },
-        ),
-    });
+    *o = into_handle(moth_trainer::new(trainer, classifier));
     Ok(())
 }
 
