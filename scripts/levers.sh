@@ -32,6 +32,7 @@ variants=(
     "moth"                                   # the default preset
     "moth+period=6+later.steps=0"            # the default preset with reuse
     "moth+recover_steps=100"                 # train clean past the bound, then harden again
+    "moth+clean_statistics=1"                # BatchNorm statistics from clean samples only
     "asymmetric"                             # default preset, one direction per step (Fig. 6)
 )
 joined=$(IFS=,; echo "${variants[*]}")

@@ -19,7 +19,9 @@ use crate::session::{
 };
 use crate::torch::model::{accuracy, Model, ModelState, ACCURACY_BATCH};
 use crate::torch::train::OptimizerState;
-use crate::torch::train::{epoch_batches, train_step, Optimizer, OptimizerConfig};
+use crate::torch::train::{
+    epoch_batches, train_step, train_step_clean_statistics, Optimizer, OptimizerConfig,
+};
 use crate::{Error, Result};
 
 /// Settings of the training loop around the session.
@@ -34,6 +36,14 @@ pub struct RunConfig {
     /// Held-out samples used for the periodic accuracy checks: the first
     /// `heldout` test images (`usize::MAX`: all of them).
     pub heldout: usize,
+    /// Keep BatchNorm running statistics on clean samples: each training
+    /// step learns from the stamped batch, then its statistics are put back
+    /// and updated by the clean batch (see
+    /// [`crate::torch::train::train_step_clean_statistics`]). Stored at
+    /// the end of a run checkpoint (see [`RunCheckpoint::decode`]), so that
+    /// checkpoints of earlier releases keep their layout.
+    #[serde(skip)]
+    pub clean_statistics: bool,
 }
 
 impl Default for RunConfig {
@@ -66,6 +76,7 @@ impl RunConfig {
                 Preset::Reference => 2000,
                 Preset::Default => usize::MAX,
             },
+            clean_statistics: false,
         }
     }
 }
@@ -119,6 +130,61 @@ pub struct RunCheckpoint {
     /// bincode-encoded.
     #[serde(with = "serde_bytes")]
     pub notes: Vec<u8>,
+    /// [`RunConfig::clean_statistics`] (absent from earlier releases'
+    /// checkpoints, which read as false).
+    pub clean_statistics: bool,
+}
+
+/// A run checkpoint as earlier releases wrote it: everything but the
+/// trailing `clean_statistics`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct RunCheckpointV1 {
+    #[serde(with = "serde_bytes")]
+    session: Vec<u8>,
+    model: ModelState,
+    optimizer: OptimizerState,
+    run: RunConfig,
+    history: Vec<StepRecord>,
+    last_good: Option<Vec<(String, SavedTensor)>>,
+    restored_last_good: bool,
+    classes: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    notes: Vec<u8>,
+}
+
+impl RunCheckpoint {
+    /// Decodes run checkpoint bytes of this release or of an earlier one
+    /// (whose payload ends before `clean_statistics`). The container checks
+    /// that every byte is used, so the two layouts cannot be mistaken for
+    /// each other.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let current = container::decode::<RunCheckpoint>(PayloadKind::Trainer, bytes);
+        let Err(current_error) = current else {
+            return current.map(RunCheckpoint::with_run_flags);
+        };
+        match container::decode::<RunCheckpointV1>(PayloadKind::Trainer, bytes) {
+            Ok(v1) => Ok(RunCheckpoint {
+                session: v1.session,
+                model: v1.model,
+                optimizer: v1.optimizer,
+                run: v1.run,
+                history: v1.history,
+                last_good: v1.last_good,
+                restored_last_good: v1.restored_last_good,
+                classes: v1.classes,
+                notes: v1.notes,
+                clean_statistics: false,
+            }),
+            Err(_) => Err(current_error),
+        }
+    }
+
+    /// Puts the trailing flags back into the run settings.
+    fn with_run_flags(mut self) -> Self {
+        self.run.clean_statistics = self.clean_statistics;
+        self
+    }
 }
 
 /// A hardening run in progress.
@@ -265,7 +331,16 @@ impl<'a> HardenRun<'a> {
             self.session.config().seed,
             hardened.report.step,
         ));
-        let loss = train_step(&mut self.model, &mut self.optimizer, &hardened.inputs, &y)?;
+        let loss = match self.cfg.clean_statistics {
+            true => train_step_clean_statistics(
+                &mut self.model,
+                &mut self.optimizer,
+                &hardened.inputs,
+                &x,
+                &y,
+            )?,
+            false => train_step(&mut self.model, &mut self.optimizer, &hardened.inputs, &y)?,
+        };
         let loss = loss.f_to_kind(Kind::Double)?.double_value(&[]);
         let accuracy = if self.session.wants_accuracy() {
             Some(self.check_accuracy()?)
@@ -299,6 +374,7 @@ impl<'a> HardenRun<'a> {
             restored_last_good: self.restored_last_good,
             classes: self.train.classes().to_vec(),
             notes,
+            clean_statistics: self.cfg.clean_statistics,
         };
         container::encode(PayloadKind::Trainer, &ck)
     }
@@ -312,7 +388,7 @@ impl<'a> HardenRun<'a> {
         train: &'a dyn BatchSource,
         test: &Dataset,
     ) -> Result<(Self, N)> {
-        let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;
+        let ck = RunCheckpoint::decode(bytes)?;
         let spec = SessionSpec {
             num_classes: train.num_classes(),
             input_shape: train.input_shape(),
@@ -354,7 +430,7 @@ impl<'a> HardenRun<'a> {
     /// rebuilding the run: what a caller needs to know before it loads the
     /// data to resume on (the CLI keeps the data's folder there).
     pub fn notes<N: DeserializeOwned>(bytes: &[u8]) -> Result<N> {
-        let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, bytes)?;
+        let ck = RunCheckpoint::decode(bytes)?;
         decode_notes(&ck.notes)
     }
 
@@ -407,6 +483,62 @@ impl TimeSplit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small_checkpoint(clean_statistics: bool) -> RunCheckpoint {
+        let run = RunConfig {
+            clean_statistics,
+            ..RunConfig::default()
+        };
+        RunCheckpoint {
+            session: vec![1, 2, 3],
+            model: ModelState::TorchScript {
+                module: vec![4, 5],
+                input_shape: [1, 28, 28],
+            },
+            optimizer: OptimizerState {
+                cfg: run.optimizer,
+                steps: 9,
+                state: Vec::new(),
+            },
+            run,
+            history: Vec::new(),
+            last_good: None,
+            restored_last_good: true,
+            classes: vec!["a".into(), "b".into()],
+            notes: vec![6],
+            clean_statistics,
+        }
+    }
+
+    #[test]
+    fn run_checkpoints_keep_the_clean_statistics_flag() {
+        let bytes = container::encode(PayloadKind::Trainer, &small_checkpoint(true)).unwrap();
+        let back = RunCheckpoint::decode(&bytes).unwrap();
+        assert!(back.run.clean_statistics && back.clean_statistics);
+        assert_eq!(back.optimizer.steps, 9);
+    }
+
+    #[test]
+    fn run_checkpoints_of_earlier_releases_still_decode() {
+        let ck = small_checkpoint(false);
+        let v1 = RunCheckpointV1 {
+            session: ck.session,
+            model: ck.model,
+            optimizer: ck.optimizer,
+            run: ck.run,
+            history: ck.history,
+            last_good: ck.last_good,
+            restored_last_good: ck.restored_last_good,
+            classes: ck.classes,
+            notes: ck.notes,
+        };
+        let bytes = container::encode(PayloadKind::Trainer, &v1).unwrap();
+        let back = RunCheckpoint::decode(&bytes).unwrap();
+        assert!(!back.run.clean_statistics);
+        assert_eq!(back.classes, ["a", "b"]);
+        assert_eq!(back.notes, [6]);
+        assert!(back.restored_last_good);
+    }
 
     #[test]
     fn the_default_preset_judges_its_accuracy_bound_on_the_whole_test_set() {

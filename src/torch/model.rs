@@ -450,6 +450,26 @@ impl Model {
         }
     }
 
+    /// The model's running statistics (BatchNorm means and variances): the
+    /// variables that training does not differentiate, name-sorted. Only
+    /// built-in models expose them; a TorchScript module keeps its buffers
+    /// out of the VarStore.
+    pub fn statistics(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.is_torchscript() {
+            return Err(Error::Unsupported(
+                "clean statistics need a built-in model: a TorchScript module's buffers are not reachable".into(),
+            ));
+        }
+        let mut vars: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(vars)
+    }
+
     /// Trainable parameters, in a stable (name-sorted) order.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<_> = self

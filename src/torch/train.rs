@@ -309,6 +309,39 @@ pub fn train_step(
     Ok(loss.f_detach()?)
 }
 
+/// A training step on the stamped batch `x` whose BatchNorm running
+/// statistics follow the clean batch `clean` instead: the statistics are
+/// put back after the step and updated by a gradient-free forward of the
+/// clean samples. Stamped samples then shape the weights but not the
+/// normalisation that clean inputs meet at test time.
+pub fn train_step_clean_statistics(
+    model: &mut Model,
+    opt: &mut Optimizer,
+    x: &Tensor,
+    clean: &Tensor,
+    y: &Tensor,
+) -> Result<Tensor> {
+    let stats = model.statistics()?;
+    let saved = stats
+        .iter()
+        .map(|(_, t)| {
+            let mut copy = t.f_empty_like()?;
+            copy.f_copy_(t)?;
+            Ok(copy)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let loss = train_step(model, opt, x, y)?;
+    let device = model.device();
+    crate::torch::grad::no_grad(|| -> Result<()> {
+        for ((_, t), s) in stats.iter().zip(&saved) {
+            t.shallow_clone().f_copy_(s)?;
+        }
+        let _updated_statistics = model.forward(&clean.f_to_device(device)?)?;
+        Ok(())
+    })?;
+    Ok(loss)
+}
+
 /// Mini-batch order of one epoch: a seeded shuffle of `0..n` cut into
 /// batches of `batch` (the last one may be smaller).
 pub fn epoch_batches(n: usize, batch: usize, seed: u64) -> Vec<Vec<i64>> {

@@ -245,6 +245,10 @@ pub struct HardenArgs {
     /// Skip the distance measurements (only harden).
     #[arg(long)]
     pub no_distance: bool,
+    /// Keep BatchNorm running statistics on the clean samples of each batch
+    /// (built-in models only).
+    #[arg(long)]
+    pub clean_statistics: bool,
     /// Output folder: hardened model, report.json, heatmaps, run.ckpt.
     #[arg(long, default_value = "runs/harden")]
     pub out: PathBuf,
@@ -281,7 +285,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "default")]
     pub preset: Preset,
     /// Variants, comma-separated: `METHOD[:BOUNDS][+KEY=VALUE...]`. KEY is
-    /// `preset`, `lr` (training learning rate), `epochs`, or any dotted
+    /// `preset`, `lr` (training learning rate), `epochs`, `clean_statistics`
+    /// (1: BatchNorm statistics from clean samples only), or any dotted
     /// session-config key with a JSON value, e.g.
     /// `moth:fixed+preset=reference` or `moth+pairs_per_step=5+portion=0.5`.
     #[arg(

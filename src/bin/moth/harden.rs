@@ -217,6 +217,7 @@ fn start<'d>(
     let run_cfg = RunConfig {
         epochs: a.epochs.unwrap_or(preset_epochs),
         batch: a.batch,
+        clean_statistics: a.clean_statistics,
         ..preset
     };
     print_plan(a, &base, &run_cfg);

@@ -23,7 +23,7 @@ pub fn run(path: &Path) -> moth::Result<()> {
     let session_bytes = match header.kind {
         PayloadKind::Session => bytes,
         PayloadKind::Trainer => {
-            let ck: RunCheckpoint = container::decode(PayloadKind::Trainer, &bytes)?;
+            let ck = RunCheckpoint::decode(&bytes)?;
             print_run(&ck);
             ck.session
         }

@@ -67,6 +67,7 @@ pub fn parse(a: &BenchArgs, v: &str) -> moth::Result<Variant> {
             "preset" => {}
             "lr" => run.optimizer.lr = number(v, key, raw)?,
             "epochs" => run.epochs = number(v, key, raw)?,
+            "clean_statistics" => run.clean_statistics = number(v, key, raw)? != 0.0,
             _ => {
                 session = session
                     .with_patch(dotted_patch(key, json_value(raw)))
@@ -125,6 +126,9 @@ mod tests {
         );
         assert_eq!(v.run.optimizer.lr, 1e-3);
         assert_eq!(v.run.epochs, 0.5);
+        assert!(!v.run.clean_statistics);
+        let c = parse(&a, "moth+clean_statistics=1").unwrap();
+        assert!(c.run.clean_statistics);
         let r = parse(&a, "moth+preset=reference+epochs=2").unwrap();
         assert_eq!(r.session, {
             let mut c = SessionConfig::reference();
