@@ -97,3 +97,35 @@ fn torchscript_model_is_hardened_saved_back_and_resumes_exactly() {
         assert!(a.equal(b), "parameter {na} equal after resume");
     }
 }
+
+#[test]
+fn clean_statistics_on_a_torchscript_model_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.pt");
+    scripted_model(&model);
+    let out_dir = dir.path().join("run");
+    let (code, out) = moth(&[
+        "harden",
+        "--model",
+        model.to_str().unwrap(),
+        "--input-shape",
+        "1,28,28",
+        "--epochs",
+        "0.02",
+        "--no-distance",
+        "--clean-statistics",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("clean statistics need a built-in model"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    assert!(!out_dir.join("run.ckpt").exists());
+}

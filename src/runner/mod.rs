@@ -243,6 +243,10 @@ impl<'a> HardenRun<'a> {
                 train.num_classes()
             )));
         }
+        if run.clean_statistics {
+            // Refused before any work rather than at the first step.
+            model.statistics()?;
+        }
         if session_cfg.max_steps == 0 {
             session_cfg.max_steps = total_steps(train.num_classes(), train.len(), &run);
         }
