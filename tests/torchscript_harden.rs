@@ -32,6 +32,24 @@ fn moth(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `moth harden` on the TorchScript model at `model`, tiny budgets, no distances.
+fn harden_args(model: &str) -> Vec<&str> {
+    vec![
+        "harden",
+        "--model",
+        model,
+        "--input-shape",
+        "1,28,28",
+        "--epochs",
+        "0.02",
+        "--no-distance",
+        "--session-config",
+        SMALL,
+        "--device",
+        "cpu",
+    ]
+}
+
 fn parameters(path: &Path) -> Vec<(String, Tensor)> {
     Model::torchscript(path, [1, 28, 28], Device::Cpu)
         .unwrap()
@@ -46,20 +64,7 @@ fn torchscript_model_is_hardened_saved_back_and_resumes_exactly() {
     let m = model.to_str().unwrap();
     let before = parameters(&model);
     assert_eq!(before.len(), 4, "w1, b1, w2, b2 are trainable parameters");
-    let common = [
-        "harden",
-        "--model",
-        m,
-        "--input-shape",
-        "1,28,28",
-        "--epochs",
-        "0.02",
-        "--no-distance",
-        "--session-config",
-        SMALL,
-        "--device",
-        "cpu",
-    ];
+    let common = harden_args(m);
     let straight = dir.path().join("straight");
     let mut args = common.to_vec();
     args.extend(["--out", straight.to_str().unwrap()]);
@@ -104,23 +109,9 @@ fn clean_statistics_on_a_torchscript_model_is_refused_before_any_work() {
     let model = dir.path().join("tiny.pt");
     scripted_model(&model);
     let out_dir = dir.path().join("run");
-    let (code, out) = moth(&[
-        "harden",
-        "--model",
-        model.to_str().unwrap(),
-        "--input-shape",
-        "1,28,28",
-        "--epochs",
-        "0.02",
-        "--no-distance",
-        "--clean-statistics",
-        "--session-config",
-        SMALL,
-        "--device",
-        "cpu",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let mut args = harden_args(model.to_str().unwrap());
+    args.extend(["--clean-statistics", "--out", out_dir.to_str().unwrap()]);
+    let (code, out) = moth(&args);
     assert_ne!(code, Some(0), "{out}");
     assert!(
         out.contains("clean statistics need a built-in model"),

@@ -450,8 +450,8 @@ impl Model {
         }
     }
 
-    /// The model's running statistics (BatchNorm means and variances): the
-    /// variables that training does not differentiate, name-sorted. Only
+    /// The model's running statistics: its BatchNorm `running_mean` and
+    /// `running_var` variables, name-sorted. Only
     /// built-in models expose them; a TorchScript module keeps its buffers
     /// out of the VarStore.
     pub fn statistics(&self) -> Result<Vec<(String, Tensor)>> {
