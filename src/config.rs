@@ -26,9 +26,10 @@ pub struct InversionConfig {
     pub cost_factor: f64,
     /// Half-width of the uniform noise added when restarting from the best trigger.
     pub restart_noise: f64,
-    /// Stop an inversion once every direction has reached the ASR bound and
-    /// none found a smaller trigger for this many steps (0 = always run the
-    /// whole budget, as the reference does).
+    /// Stop optimising a direction once it has reached the ASR bound and
+    /// found no smaller trigger for this many steps; its samples then leave
+    /// the forward passes, and the inversion ends when every direction has
+    /// stopped (0 = always run the whole budget, as the reference does).
     pub early_stop: usize,
 }
 

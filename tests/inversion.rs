@@ -93,8 +93,15 @@ fn unreachable_target_fails_with_a_zero_trigger() {
     assert!(out[0].sample_loss_best.is_empty(), "no best, no end losses");
 }
 
-#[test]
-fn joint_optimisation_equals_separate_runs() {
+/// One joint run of two directions (one-pixel 0 -> 1, four-pixel 1 -> 2,
+/// from fixed initial triggers) and each direction run alone, under `cfg`.
+fn joint_and_alone(
+    cfg: &InversionConfig,
+    steps: usize,
+) -> (
+    Vec<moth::algo::inversion::DirectionOutcome>,
+    Vec<moth::algo::inversion::DirectionOutcome>,
+) {
     let mut model = three_class_model();
     let xa = dark_images(10, 4);
     let xb = dark_images(6, 5);
@@ -106,10 +113,6 @@ fn joint_optimisation_equals_separate_runs() {
             )
             .unwrap(),
         )
-    };
-    let cfg = InversionConfig {
-        restart_noise: 0.0,
-        ..Default::default()
     };
     let sets = [xa.shallow_clone(), xb.shallow_clone()];
     let joint = invert(
@@ -128,38 +131,80 @@ fn joint_optimisation_equals_separate_runs() {
                     init: init(0.4),
                 },
             ],
-            budget: budget(40),
+            budget: budget(steps),
             record_sample_losses: false,
         },
-        &cfg,
+        cfg,
         9,
     )
     .unwrap();
-    for (i, (x, target, v)) in [(&xa, 1, 0.3), (&xb, 2, 0.4)].into_iter().enumerate() {
-        let alone = invert(
-            &mut model,
-            &InversionTask {
-                sets: std::slice::from_ref(x),
-                directions: vec![Direction {
-                    set: 0,
-                    target,
-                    init: init(v),
-                }],
-                budget: budget(40),
-                record_sample_losses: false,
-            },
-            &cfg,
-            9,
-        )
-        .unwrap();
-        assert_eq!(alone[0].reached, joint[i].reached);
+    let alone = [(&xa, 1, 0.3), (&xb, 2, 0.4)]
+        .into_iter()
+        .map(|(x, target, v)| {
+            invert(
+                &mut model,
+                &InversionTask {
+                    sets: std::slice::from_ref(x),
+                    directions: vec![Direction {
+                        set: 0,
+                        target,
+                        init: init(v),
+                    }],
+                    budget: budget(steps),
+                    record_sample_losses: false,
+                },
+                cfg,
+                9,
+            )
+            .unwrap()
+            .remove(0)
+        })
+        .collect();
+    (joint, alone)
+}
+
+fn assert_joint_equals_alone(
+    joint: &[moth::algo::inversion::DirectionOutcome],
+    alone: &[moth::algo::inversion::DirectionOutcome],
+) {
+    for (i, (j, a)) in joint.iter().zip(alone).enumerate() {
+        assert_eq!(a.reached, j.reached);
         assert!(
-            (alone[0].size - joint[i].size).abs() < 1e-3 * alone[0].size.max(1.0),
+            (a.size - j.size).abs() < 1e-3 * a.size.max(1.0),
             "direction {i}: alone {} vs joint {}",
-            alone[0].size,
-            joint[i].size
+            a.size,
+            j.size
         );
+        assert_eq!(a.steps, j.steps, "direction {i}: steps alone vs joint");
     }
+}
+
+#[test]
+fn joint_optimisation_equals_separate_runs() {
+    let cfg = InversionConfig {
+        restart_noise: 0.0,
+        ..Default::default()
+    };
+    let (joint, alone) = joint_and_alone(&cfg, 40);
+    assert_joint_equals_alone(&joint, &alone);
+    assert!(joint.iter().all(|o| o.steps == 40), "no early stop");
+}
+
+#[test]
+fn with_early_stop_each_direction_of_a_joint_run_stops_as_it_would_alone() {
+    let cfg = InversionConfig {
+        restart_noise: 0.0,
+        early_stop: 5,
+        ..Default::default()
+    };
+    let (joint, alone) = joint_and_alone(&cfg, 400);
+    assert!(
+        alone[0].steps != alone[1].steps && alone.iter().all(|o| o.steps < 400),
+        "the two directions stop early, at different steps: {} and {}",
+        alone[0].steps,
+        alone[1].steps
+    );
+    assert_joint_equals_alone(&joint, &alone);
 }
 
 #[test]

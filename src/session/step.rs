@@ -386,7 +386,7 @@ impl State {
             seed,
             ctx.shared.as_deref_mut(),
         )?;
-        ctx.inversion_steps += found.first().map_or(0, |o| o.steps);
+        ctx.inversion_steps += found.iter().map(|o| o.steps).max().unwrap_or(0);
         for (&(i, d), o) in members.iter().zip(found) {
             outcomes[i][d] = Some(o);
         }

@@ -10,10 +10,17 @@
 //! one forward pass over all directions. Per-step statistics stay on the
 //! device and are read once per step (one host synchronisation per step).
 
-use rand::seq::SliceRandom;
+mod adam;
+mod layout;
+mod running;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
+
+use adam::Adam;
+use layout::Layout;
+use running::{select, Running};
 
 use crate::algo::collective::Agreement;
 use crate::algo::cost_schedule::CostSchedule;
@@ -21,7 +28,6 @@ use crate::algo::trigger::{from_param, stamp, to_param, Trigger};
 use crate::config::{InversionBudget, InversionConfig};
 use crate::torch::gradient::ForwardPass;
 use crate::torch::model::Classifier;
-use crate::torch::train::{adam_update, AdamRule};
 use crate::{Error, Result};
 
 /// One direction of an inversion task: flip the samples of `sets[set]` to
@@ -63,130 +69,14 @@ pub struct DirectionOutcome {
     pub asr: f64,
     /// The cost when the run ended.
     pub final_cost: f64,
-    /// Inversion steps actually run (fewer than the budget when the run
-    /// stopped early).
+    /// Inversion steps this direction took part in (fewer than the budget
+    /// when it stopped early; the run lasted as long as its longest
+    /// direction).
     pub steps: usize,
     /// Per-sample cross-entropy with the initial trigger (when recorded).
     pub sample_loss_start: Vec<f64>,
     /// Per-sample cross-entropy with the best trigger (when recorded and reached).
     pub sample_loss_best: Vec<f64>,
-}
-
-/// Mini-batch layout of a task: every mini-batch takes `width` positions of
-/// every direction; a direction with fewer samples than `width` has its
-/// surplus positions weighted 0.
-struct Layout {
-    width: i64,
-    batches: i64,
-    counts: Vec<i64>,
-    offsets: Vec<i64>,
-    /// This process's rank when the inversion is data-parallel.
-    rank: Option<usize>,
-}
-
-impl Layout {
-    fn new(task: &InversionTask, cfg: &InversionConfig) -> Result<Self> {
-        let (counts, offsets) = counts_and_offsets(task)?;
-        if let Some(k) = counts.iter().position(|&n| n == 0) {
-            let set = task.directions[k].set;
-            return Err(Error::input(format!("sample set {set} is empty")));
-        }
-        let max_n = counts.iter().copied().max().unwrap_or(0);
-        let width = (cfg.batch_size as i64).min(max_n);
-        let batches = (max_n + width - 1) / width;
-        Ok(Layout {
-            width,
-            batches,
-            counts,
-            offsets,
-            rank: None,
-        })
-    }
-
-    /// The layout of one rank of a data-parallel inversion (section 10):
-    /// the number of mini-batches comes from the ranks' summed sample
-    /// counts, as if one process held them all; each rank spreads its own
-    /// samples (possibly none) over that many mini-batches.
-    fn shared(task: &InversionTask, cfg: &InversionConfig, s: &mut Agreement) -> Result<Self> {
-        let (counts, offsets) = counts_and_offsets(task)?;
-        let (batches, width) = s.mini_batches(&counts, cfg.batch_size as i64)?;
-        Ok(Layout {
-            width,
-            batches,
-            counts,
-            offsets,
-            rank: Some(s.rank()),
-        })
-    }
-
-    /// `[K, width]` weights: 1 for a real sample position, 0 for padding.
-    fn weights(&self, device: Device) -> Result<Tensor> {
-        let w: Vec<f32> = self
-            .counts
-            .iter()
-            .flat_map(|&n| {
-                (0..self.width).map(move |i| if n >= self.width || i < n { 1.0 } else { 0.0 })
-            })
-            .collect();
-        Ok(Tensor::f_from_slice(&w)?
-            .f_view([self.counts.len() as i64, self.width])?
-            .f_to_device(device)?)
-    }
-
-    /// `[K, batches * width]` indices into the concatenated sets, a fresh
-    /// shuffle of each direction's samples, wrapped around where short.
-    /// Drawn on the host from the run's own RNG, so results never depend on
-    /// libtorch's global generator (which other threads may reseed).
-    /// A data-parallel rank shuffles its own samples with a generator of
-    /// its own (one draw of the shared one, on the rank's ChaCha stream):
-    /// how many draws a shuffle takes depends on the rank's sample count,
-    /// and the shared generator must stay the same on every rank.
-    fn shuffled_indices(&self, rng: &mut ChaCha8Rng, device: Device) -> Result<Tensor> {
-        let mut own;
-        let rng = match self.rank {
-            None => rng,
-            Some(rank) => {
-                own = ChaCha8Rng::seed_from_u64(rng.random());
-                own.set_stream(rank as u64);
-                &mut own
-            }
-        };
-        let total = (self.batches * self.width) as usize;
-        let mut all = Vec::with_capacity(total * self.counts.len());
-        for (&n, &off) in self.counts.iter().zip(&self.offsets) {
-            if n == 0 {
-                // A rank without samples of this direction: weight-0 positions.
-                all.extend(std::iter::repeat(0).take(total));
-                continue;
-            }
-            let mut perm: Vec<i64> = (off..off + n).collect();
-            perm.shuffle(rng);
-            all.extend((0..total).map(|p| perm[p % n as usize]));
-        }
-        Ok(Tensor::f_from_slice(&all)?
-            .f_view([self.counts.len() as i64, total as i64])?
-            .f_to_device(device)?)
-    }
-}
-
-/// Each direction's sample count and the offset of its set in the
-/// concatenated sets.
-fn counts_and_offsets(task: &InversionTask) -> Result<(Vec<i64>, Vec<i64>)> {
-    let set_sizes: Vec<i64> = task.sets.iter().map(|s| s.size()[0]).collect();
-    let mut offsets = Vec::with_capacity(task.directions.len());
-    let mut counts = Vec::with_capacity(task.directions.len());
-    for d in &task.directions {
-        let n = *set_sizes.get(d.set).ok_or_else(|| {
-            Error::input(format!(
-                "direction names sample set {} of {}",
-                d.set,
-                set_sizes.len()
-            ))
-        })?;
-        offsets.push(set_sizes[..d.set].iter().sum());
-        counts.push(n);
-    }
-    Ok((counts, offsets))
 }
 
 /// Uniform values in `[lo, hi)` of the given shape, from the run's RNG.
@@ -202,48 +92,6 @@ fn uniform(
     Ok(Tensor::f_from_slice(&v)?
         .f_view(shape)?
         .f_to_device(device)?)
-}
-
-/// Adam state for the two parameter tensors of a task (the update rule
-/// is the training optimiser's, [`adam_update`]).
-struct Adam {
-    m: [Tensor; 2],
-    v: [Tensor; 2],
-    t: i32,
-}
-
-impl Adam {
-    fn new(params: [&Tensor; 2]) -> Result<Self> {
-        let z = |p: &Tensor| p.f_zeros_like();
-        Ok(Adam {
-            m: [z(params[0])?, z(params[1])?],
-            v: [z(params[0])?, z(params[1])?],
-            t: 0,
-        })
-    }
-
-    fn step(
-        &mut self,
-        params: [&mut Tensor; 2],
-        grads: &[Tensor],
-        cfg: &InversionConfig,
-    ) -> Result<()> {
-        self.t += 1;
-        let rule = AdamRule {
-            lr: cfg.lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-        };
-        crate::torch::grad::no_grad(|| -> Result<()> {
-            for (i, p) in params.into_iter().enumerate() {
-                let step = adam_update(&rule, &grads[i], &self.m[i], &self.v[i], self.t)?;
-                self.m[i] = step.m;
-                self.v[i] = step.v;
-                let _ = p.f_sub_(&step.update)?;
-            }
-            Ok(())
-        })
-    }
 }
 
 /// Initial `[K,1,H,W]` mask and `[K,C,H,W]` pattern: the given triggers, or
@@ -409,9 +257,7 @@ pub fn invert_shared(
         weight_sum = s.sum_tensors(&[&weight_sum], device)?.remove(0);
     }
     let targets: Vec<i64> = task.directions.iter().map(|d| d.target).collect();
-    let targets = Tensor::f_from_slice(&targets)?
-        .f_to_device(device)?
-        .f_repeat_interleave_self_int(layout.width, 0, None)?;
+    let targets = Tensor::f_from_slice(&targets)?.f_to_device(device)?;
 
     let (mask0, pattern0) = initial_values(task, shape, &mut rng, device)?;
     let mut tm = to_param(&mask0)?.f_set_requires_grad(true)?;
@@ -433,14 +279,20 @@ pub fn invert_shared(
     };
     let mut loss_best = vec![Vec::new(); k as usize];
     let [c, h, w] = shape;
-    let mut steps_run = 0;
-    let mut since_improved = 0;
+    let mut running = Running::new(k as usize, cfg.early_stop);
 
     for _step in 0..task.budget.steps {
-        if stalled(cfg.early_stop, since_improved, &best_l1) {
+        if running.all_stopped() {
             break;
         }
-        steps_run += 1;
+        // Only the running directions take part in this step's passes.
+        let rows = running.rows(device)?;
+        let rows = rows.as_ref();
+        let ka = select(&targets, rows)?.size()[0];
+        let step_targets =
+            select(&targets, rows)?.f_repeat_interleave_self_int(layout.width, 0, None)?;
+        let step_weights = select(&weights, rows)?;
+        let step_weight_sum = select(&weight_sum, rows)?;
         // Each rank adds its share of the mask's L1 term, so that the summed
         // gradient holds it once (division by 1 is exact: one process is
         // unchanged).
@@ -448,8 +300,8 @@ pub fn invert_shared(
             .iter()
             .map(|s| (s.cost / world as f64) as f32)
             .collect();
-        let costs = Tensor::f_from_slice(&costs)?.f_to_device(device)?;
-        let order = layout.shuffled_indices(&mut rng, device)?;
+        let costs = select(&Tensor::f_from_slice(&costs)?.f_to_device(device)?, rows)?;
+        let order = select(&layout.shuffled_indices(&mut rng, device)?, rows)?;
         let mut hits = Tensor::f_zeros([k], (Kind::Float, device))?;
         let mut used = (mask0.shallow_clone(), pattern0.shallow_clone());
         for j in 0..layout.batches {
@@ -458,11 +310,12 @@ pub fn invert_shared(
                 .f_flatten(0, -1)?;
             let xb = all
                 .f_index_select(0, &idx)?
-                .f_view([k, layout.width, c, h, w])?;
-            let m = from_param(&tm)?;
-            let p = from_param(&tp)?;
+                .f_view([ka, layout.width, c, h, w])?;
+            let m_all = from_param(&tm)?;
+            let p_all = from_param(&tp)?;
+            let (m, p) = (select(&m_all, rows)?, select(&p_all, rows)?);
             let stamped = stamp(&xb, &m.f_unsqueeze(1)?, &p.f_unsqueeze(1)?)?.f_view([
-                k * layout.width,
+                ka * layout.width,
                 c,
                 h,
                 w,
@@ -470,12 +323,12 @@ pub fn invert_shared(
             let pass = ForwardPass::run(model, &stamped)?;
             let logits = pass.logits();
             let ce = logits
-                .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0)?
-                .f_view([k, layout.width])?;
+                .f_cross_entropy_loss::<Tensor>(&step_targets, None, Reduction::None, -100, 0.0)?
+                .f_view([ka, layout.width])?;
             let ce_dir = ce
-                .f_mul(&weights)?
+                .f_mul(&step_weights)?
                 .f_sum_dim_intlist(1, false, Kind::Float)?
-                .f_div(&weight_sum)?;
+                .f_div(&step_weight_sum)?;
             let l1 = m.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)?;
             let loss = ce_dir.f_add(&l1.f_mul(&costs)?)?.f_sum(Kind::Float)?;
             if !pass.reaches_input() {
@@ -493,19 +346,22 @@ pub fn invert_shared(
             let hit = crate::torch::grad::no_grad(|| -> Result<Tensor> {
                 let ok = logits
                     .f_argmax(-1, false)?
-                    .f_eq_tensor(&targets)?
+                    .f_eq_tensor(&step_targets)?
                     .f_to_kind(Kind::Float)?;
                 Ok(ok
-                    .f_view([k, layout.width])?
-                    .f_mul(&weights)?
+                    .f_view([ka, layout.width])?
+                    .f_mul(&step_weights)?
                     .f_sum_dim_intlist(1, false, Kind::Float)?)
             })?;
-            hits = hits.f_add(&hit)?;
+            hits = match rows {
+                None => hits.f_add(&hit)?,
+                Some(r) => hits.f_index_add(0, r, &hit)?,
+            };
             if let Some(s) = shared.as_deref_mut() {
                 let last = j + 1 == layout.batches;
                 s.sum_gradients(&mut grads, last.then_some(&mut hits), device)?;
             }
-            used = (m.f_detach()?, p.f_detach()?);
+            used = (m_all.f_detach()?, p_all.f_detach()?);
             adam.step([&mut tm, &mut tp], &grads, cfg)?;
         }
         // The candidate for "best" is the trigger the last mini-batch was
@@ -521,7 +377,7 @@ pub fn invert_shared(
         )?;
         let (asr, l1) = stats.split_at(k as usize);
         let mut improved = vec![false; k as usize];
-        for i in 0..k as usize {
+        for i in (0..k as usize).filter(|&i| running.is_running(i)) {
             let reached = asr[i] >= task.budget.asr_bound;
             if !l1[i].is_finite() {
                 return Err(Error::Model(
@@ -537,11 +393,8 @@ pub fn invert_shared(
             }
             schedules[i].update(reached, cfg);
         }
-        since_improved = if improved.iter().any(|&b| b) {
-            0
-        } else {
-            since_improved + 1
-        };
+        let has_best: Vec<bool> = best_l1.iter().map(|l| l.is_finite()).collect();
+        running.record(&improved, &has_best);
         if improved.iter().any(|&b| b) {
             let sel = Tensor::f_from_slice(&improved)?.f_to_device(device)?;
             let sel_m = sel.f_view([k, 1, 1, 1])?;
@@ -577,14 +430,10 @@ pub fn invert_shared(
         loss_start,
         loss_best,
     )?;
-    out.iter_mut().for_each(|o| o.steps = steps_run);
+    for (i, o) in out.iter_mut().enumerate() {
+        o.steps = running.steps(i);
+    }
     Ok(out)
-}
-
-/// Early stop: every direction has a trigger that reached the ASR bound,
-/// and none improved for `patience` steps (0 = never stop early).
-fn stalled(patience: usize, since_improved: usize, best_l1: &[f64]) -> bool {
-    patience > 0 && since_improved >= patience && best_l1.iter().all(|l| l.is_finite())
 }
 
 /// Restarts the selected directions from their best trigger plus uniform
