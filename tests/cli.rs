@@ -162,6 +162,10 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     args.extend(["--out", straight.to_str().unwrap()]);
     let out = ok(&args);
     assert!(out.contains("MOTH report"), "{out}");
+    assert!(
+        out.contains("BatchNorm running statistics: from each batch's clean samples"),
+        "the default preset keeps clean statistics: {out}"
+    );
     // Stop inside the orthogonalisation phase (10 warm-up steps, period 3).
     let mut args = common.to_vec();
     args.extend(["--out", split.to_str().unwrap(), "--stop-after-step", "14"]);

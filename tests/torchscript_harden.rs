@@ -74,6 +74,11 @@ fn torchscript_model_is_hardened_saved_back_and_resumes_exactly() {
         out.contains("TorchScript module") && out.contains("hardened.pt"),
         "{out}"
     );
+    // The default preset's clean statistics give way for TorchScript.
+    assert!(
+        out.contains("BatchNorm running statistics: from the stamped batches (a TorchScript"),
+        "{out}"
+    );
     let hardened = straight.join("hardened.pt");
     let after = parameters(&hardened);
     let changed = before

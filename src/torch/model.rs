@@ -457,7 +457,10 @@ impl Model {
     pub fn statistics(&self) -> Result<Vec<(String, Tensor)>> {
         if self.is_torchscript() {
             return Err(Error::Unsupported(
-                "clean statistics need a built-in model: a TorchScript module's buffers are not reachable".into(),
+                "clean statistics need a built-in model: a TorchScript module's buffers are not \
+                 reachable (turn them off: --clean-statistics=off, or \
+                 RunConfig::clean_statistics = false)"
+                    .into(),
             ));
         }
         let mut vars: Vec<_> = self

@@ -246,9 +246,18 @@ pub struct HardenArgs {
     #[arg(long)]
     pub no_distance: bool,
     /// Keep BatchNorm running statistics on the clean samples of each batch
-    /// (built-in models only).
-    #[arg(long)]
-    pub clean_statistics: bool,
+    /// (`--clean-statistics` or `=on` / `=off`). Default: on for the
+    /// default preset with a built-in model, off for the reference preset
+    /// and for TorchScript models (whose buffers are not reachable).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "on|off"
+    )]
+    pub clean_statistics: Option<bool>,
     /// Output folder: hardened model, report.json, heatmaps, run.ckpt.
     #[arg(long, default_value = "runs/harden")]
     pub out: PathBuf,
@@ -286,7 +295,8 @@ pub struct BenchArgs {
     pub preset: Preset,
     /// Variants, comma-separated: `METHOD[:BOUNDS][+KEY=VALUE...]`. KEY is
     /// `preset`, `lr` (training learning rate), `epochs`, `clean_statistics`
-    /// (1: BatchNorm statistics from clean samples only), or any dotted
+    /// (1: BatchNorm statistics from clean samples only, 0: from the
+    /// stamped batches; default: the preset's), or any dotted
     /// session-config key with a JSON value, e.g.
     /// `moth:fixed+preset=reference` or `moth+pairs_per_step=5+portion=0.5`.
     #[arg(

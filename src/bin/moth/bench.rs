@@ -134,10 +134,14 @@ impl Bench<'_> {
     fn run_variant(&self, variant: &Variant) -> Outcome<BenchRow> {
         let v = variant.name.as_str();
         let (model, _) = Model::load(&self.a.model, None, self.device)?;
+        let run_cfg = variant
+            .run
+            .clone()
+            .fitted_to(&model, variant.clean_statistics);
         let mut run = HardenRun::new(
             model,
             variant.session.clone(),
-            variant.run.clone(),
+            run_cfg,
             &self.train_set,
             &self.test_set,
         )?;

@@ -217,9 +217,9 @@ fn start<'d>(
     let run_cfg = RunConfig {
         epochs: a.epochs.unwrap_or(preset_epochs),
         batch: a.batch,
-        clean_statistics: a.clean_statistics,
         ..preset
-    };
+    }
+    .fitted_to(&base, a.clean_statistics);
     print_plan(a, &base, &run_cfg);
     let acc_before = test_accuracy(&mut base, test_set)?;
     println!("clean test accuracy before: {:.2}%", 100.0 * acc_before);
@@ -260,6 +260,14 @@ fn print_plan(a: &HardenArgs, model: &Model, run_cfg: &RunConfig) {
         device_name(model.device()),
         tch::get_num_threads()
     );
+    let statistics = match (run_cfg.clean_statistics, model.is_torchscript()) {
+        (true, _) => "from each batch's clean samples",
+        (false, true) => {
+            "from the stamped batches (a TorchScript model's buffers are not reachable)"
+        }
+        (false, false) => "from the stamped batches",
+    };
+    println!("BatchNorm running statistics: {statistics}");
 }
 
 fn distances_before(

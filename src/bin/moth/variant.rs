@@ -19,6 +19,8 @@ pub struct Variant {
     pub session: SessionConfig,
     /// Training loop settings.
     pub run: RunConfig,
+    /// Clean statistics as the variant set them (`None`: the preset's).
+    pub clean_statistics: Option<bool>,
 }
 
 fn bad(v: &str, why: String) -> moth::Error {
@@ -62,12 +64,13 @@ pub fn parse(a: &BenchArgs, v: &str) -> moth::Result<Variant> {
         epochs: a.epochs,
         ..RunConfig::for_preset(preset)
     };
+    let mut clean_statistics = None;
     for (key, raw) in overrides {
         match key {
             "preset" => {}
             "lr" => run.optimizer.lr = number(v, key, raw)?,
             "epochs" => run.epochs = number(v, key, raw)?,
-            "clean_statistics" => run.clean_statistics = number(v, key, raw)? != 0.0,
+            "clean_statistics" => clean_statistics = Some(number(v, key, raw)? != 0.0),
             _ => {
                 session = session
                     .with_patch(dotted_patch(key, json_value(raw)))
@@ -80,11 +83,15 @@ pub fn parse(a: &BenchArgs, v: &str) -> moth::Result<Variant> {
     session.bounds.mode = bounds.mode();
     session.validate()?;
     run.optimizer.validate()?;
+    if let Some(on) = clean_statistics {
+        run.clean_statistics = on;
+    }
     Ok(Variant {
         name: v.to_string(),
         preset,
         session,
         run,
+        clean_statistics,
     })
 }
 
@@ -126,9 +133,11 @@ mod tests {
         );
         assert_eq!(v.run.optimizer.lr, 1e-3);
         assert_eq!(v.run.epochs, 0.5);
-        assert!(!v.run.clean_statistics);
-        let c = parse(&a, "moth+clean_statistics=1").unwrap();
-        assert!(c.run.clean_statistics);
+        assert!(v.run.clean_statistics, "the default preset's");
+        assert_eq!(v.clean_statistics, None);
+        let c = parse(&a, "moth+clean_statistics=0").unwrap();
+        assert!(!c.run.clean_statistics);
+        assert_eq!(c.clean_statistics, Some(false));
         let r = parse(&a, "moth+preset=reference+epochs=2").unwrap();
         assert_eq!(r.session, {
             let mut c = SessionConfig::reference();
@@ -136,6 +145,10 @@ mod tests {
             c
         });
         assert_eq!(r.run.epochs, 2.0);
+        assert!(
+            !r.run.clean_statistics,
+            "the reference keeps the authors' loop"
+        );
     }
 
     #[test]
