@@ -288,9 +288,9 @@ pub fn invert_shared(
         // Only the running directions take part in this step's passes.
         let rows = running.rows(device)?;
         let rows = rows.as_ref();
-        let ka = select(&targets, rows)?.size()[0];
-        let step_targets =
-            select(&targets, rows)?.f_repeat_interleave_self_int(layout.width, 0, None)?;
+        let running_targets = select(&targets, rows)?;
+        let ka = running_targets.size()[0];
+        let step_targets = running_targets.f_repeat_interleave_self_int(layout.width, 0, None)?;
         let step_weights = select(&weights, rows)?;
         let step_weight_sum = select(&weight_sum, rows)?;
         // Each rank adds its share of the mask's L1 term, so that the summed
