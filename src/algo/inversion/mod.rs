@@ -393,8 +393,7 @@ pub fn invert_shared(
             }
             schedules[i].update(reached, cfg);
         }
-        let has_best: Vec<bool> = best_l1.iter().map(|l| l.is_finite()).collect();
-        running.record(&improved, &has_best);
+        running.record(&improved, &best_l1);
         if improved.iter().any(|&b| b) {
             let sel = Tensor::f_from_slice(&improved)?.f_to_device(device)?;
             let sel_m = sel.f_view([k, 1, 1, 1])?;

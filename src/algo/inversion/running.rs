@@ -47,9 +47,9 @@ impl Running {
     }
 
     /// Counts one step: `improved[i]` says whether direction `i` found a
-    /// smaller trigger, `has_best[i]` whether it holds one that reached the
-    /// bound.
-    pub(super) fn record(&mut self, improved: &[bool], has_best: &[bool]) {
+    /// smaller trigger; `best_l1[i]` is finite once it holds one that
+    /// reached the bound.
+    pub(super) fn record(&mut self, improved: &[bool], best_l1: &[f64]) {
         for i in 0..self.stopped.len() {
             if self.stopped[i] {
                 continue;
@@ -60,8 +60,9 @@ impl Running {
             } else {
                 self.since_improved[i] + 1
             };
-            self.stopped[i] =
-                self.patience > 0 && has_best[i] && self.since_improved[i] >= self.patience;
+            self.stopped[i] = self.patience > 0
+                && best_l1[i].is_finite()
+                && self.since_improved[i] >= self.patience;
         }
     }
 
@@ -95,18 +96,18 @@ mod tests {
     fn a_direction_stops_after_its_own_patience() {
         let mut r = Running::new(2, 2);
         // Direction 0 has a best and stalls; direction 1 keeps improving.
-        r.record(&[true, true], &[true, true]);
-        r.record(&[false, true], &[true, true]);
+        r.record(&[true, true], &[1.0, 1.0]);
+        r.record(&[false, true], &[1.0, 1.0]);
         assert!(r.is_running(0));
-        r.record(&[false, true], &[true, true]);
+        r.record(&[false, true], &[1.0, 1.0]);
         assert!(!r.is_running(0));
         assert!(r.is_running(1));
         assert_eq!((r.steps(0), r.steps(1)), (3, 3));
         assert!(!r.all_stopped());
         let rows = r.rows(Device::Cpu).unwrap().unwrap();
         assert_eq!(Vec::<i64>::try_from(&rows).unwrap(), vec![1]);
-        r.record(&[false, false], &[true, true]);
-        r.record(&[false, false], &[true, true]);
+        r.record(&[false, false], &[1.0, 1.0]);
+        r.record(&[false, false], &[1.0, 1.0]);
         assert!(r.all_stopped());
         assert_eq!((r.steps(0), r.steps(1)), (3, 5));
     }
@@ -115,12 +116,12 @@ mod tests {
     fn no_direction_stops_without_a_trigger_or_with_patience_zero() {
         let mut r = Running::new(1, 1);
         for _ in 0..5 {
-            r.record(&[false], &[false]);
+            r.record(&[false], &[f64::INFINITY]);
         }
         assert!(r.is_running(0), "a direction without a trigger runs on");
         let mut r = Running::new(1, 0);
         for _ in 0..5 {
-            r.record(&[false], &[true]);
+            r.record(&[false], &[1.0]);
         }
         assert!(r.is_running(0));
         assert!(r.rows(Device::Cpu).unwrap().is_none());
