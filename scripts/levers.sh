@@ -4,15 +4,17 @@
 # on the same base model, budget and distance protocol.
 #
 #   scripts/levers.sh                       # the table (hours on 2 CPU cores)
-#   EPOCHS=0.01 scripts/levers.sh --samples 2 --steps 5 \
+#   EPOCHS=0.01 SAMPLES=2 STEPS=5 POINTS=1 scripts/levers.sh \
 #       --session-config '{"warmup":{"budget":{"steps":3}}}'
 #                                           # a smoke run of every variant
 #
 # Environment: EPOCHS (default 1, the epochs after warm-up of every variant
-# that does not set its own), OUT (default runs/levers), OMP_NUM_THREADS as
-# usual. Other arguments go
-# to `moth bench` after the defaults below (32 samples and 200 steps per
-# direction, the quick protocol's; 4 measurement points per run).
+# that does not set its own), SAMPLES and STEPS (test samples per class and
+# inversion steps per direction of the distance measurements; default 32
+# and 200, the quick protocol's), POINTS (distance measurements per run,
+# default 4), OUT (default runs/levers), OMP_NUM_THREADS as usual. Other
+# arguments go to `moth bench` as they are; they must not repeat an option
+# set here (clap refuses an option given twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ref="moth+preset=reference"
@@ -36,5 +38,5 @@ variants=(
     "asymmetric"                             # default preset, one direction per step (Fig. 6)
 )
 joined=$(IFS=,; echo "${variants[*]}")
-exec cargo run --release --quiet -- bench --epochs "${EPOCHS:-1}" --samples 32 --steps 200 \
-    --points 4 --variants "$joined" --out "${OUT:-runs/levers}" "$@"
+exec cargo run --release --quiet -- bench --epochs "${EPOCHS:-1}" --samples "${SAMPLES:-32}" \
+    --steps "${STEPS:-200}" --points "${POINTS:-4}" --variants "$joined" --out "${OUT:-runs/levers}" "$@"
