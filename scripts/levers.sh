@@ -6,7 +6,9 @@
 #   scripts/levers.sh                       # the table (hours on 2 CPU cores)
 #   EPOCHS=0.01 SAMPLES=2 STEPS=5 POINTS=1 scripts/levers.sh \
 #       --session-config '{"warmup":{"budget":{"steps":3}}}'
-#                                           # a smoke run of every variant
+#                                           # a smoke run of every variant (about 25 min
+#                                           # at one thread: the epochs=2 variant sets its
+#                                           # own length)
 #
 # Environment: EPOCHS (default 1, the epochs after warm-up of every variant
 # that does not set its own), SAMPLES and STEPS (test samples per class and
