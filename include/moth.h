@@ -329,6 +329,11 @@ enum moth_done_reason
      * Clean accuracy fell more than `max_accuracy_drop` below the baseline.
      */
     MOTH_DONE_REASON_ACCURACY_BOUND = 2,
+    /**
+     * Recovery (`recover_steps`) ran out of clean steps before accuracy
+     * came back within half of `max_accuracy_drop`.
+     */
+    MOTH_DONE_REASON_RECOVERY_EXHAUSTED = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -284,7 +284,7 @@ fn accuracy_protocol_and_accuracy_bound() {
 /// With `recover_steps`, crossing the bound hands back clean batches (no
 /// inversion, no stamp) until a check is within half the bound; then a new
 /// period starts. A recovery that does not succeed in time ends the
-/// session at the bound.
+/// session, saying so (`RecoveryExhausted`).
 #[test]
 fn recovery_trains_clean_until_accuracy_is_back() {
     let mut model = three_class_model();
@@ -352,7 +352,7 @@ fn recovery_trains_clean_until_accuracy_is_back() {
     assert_eq!(
         s.phase(),
         Phase::Done {
-            reason: DoneReason::AccuracyBound
+            reason: DoneReason::RecoveryExhausted
         },
         "4 clean steps did not bring the accuracy back"
     );

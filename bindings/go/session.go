@@ -48,9 +48,10 @@ type DoneReason int32
 
 // Reasons (enum moth_done_reason).
 const (
-	DoneNone          = DoneReason(C.MOTH_DONE_REASON_NONE)
-	DoneStepBudget    = DoneReason(C.MOTH_DONE_REASON_STEP_BUDGET)
-	DoneAccuracyBound = DoneReason(C.MOTH_DONE_REASON_ACCURACY_BOUND)
+	DoneNone              = DoneReason(C.MOTH_DONE_REASON_NONE)
+	DoneStepBudget        = DoneReason(C.MOTH_DONE_REASON_STEP_BUDGET)
+	DoneAccuracyBound     = DoneReason(C.MOTH_DONE_REASON_ACCURACY_BOUND)
+	DoneRecoveryExhausted = DoneReason(C.MOTH_DONE_REASON_RECOVERY_EXHAUSTED)
 )
 
 func (r DoneReason) String() string {
@@ -61,6 +62,8 @@ func (r DoneReason) String() string {
 		return "step budget"
 	case DoneAccuracyBound:
 		return "accuracy bound"
+	case DoneRecoveryExhausted:
+		return "recovery exhausted"
 	}
 	return fmt.Sprintf("DoneReason(%d)", int32(r))
 }

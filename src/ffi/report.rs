@@ -34,6 +34,9 @@ pub enum moth_done_reason {
     StepBudget = 1,
     /// Clean accuracy fell more than `max_accuracy_drop` below the baseline.
     AccuracyBound = 2,
+    /// Recovery (`recover_steps`) ran out of clean steps before accuracy
+    /// came back within half of `max_accuracy_drop`.
+    RecoveryExhausted = 3,
 }
 
 /// A session phase.
@@ -202,6 +205,7 @@ pub(crate) fn phase_to_c(p: Phase) -> moth_phase {
             c.done_reason = match reason {
                 DoneReason::StepBudget => moth_done_reason::StepBudget,
                 DoneReason::AccuracyBound => moth_done_reason::AccuracyBound,
+                DoneReason::RecoveryExhausted => moth_done_reason::RecoveryExhausted,
             };
         }
     }

@@ -13,6 +13,10 @@ pub enum DoneReason {
     StepBudget,
     /// Clean accuracy fell more than the bound below the baseline.
     AccuracyBound,
+    /// Recovery (`recover_steps`) ran out of clean steps before accuracy
+    /// came back within half the bound. Last so that older checkpoints,
+    /// which number the variants before it, still read.
+    RecoveryExhausted,
 }
 
 /// Where the session stands: what its next step will do.
@@ -50,11 +54,13 @@ pub enum Phase {
 }
 
 impl DoneReason {
-    /// A short name (`step-budget`, `accuracy-bound`) for reports and JSON.
+    /// A short name (`step-budget`, `accuracy-bound`, `recovery-exhausted`)
+    /// for reports and JSON.
     pub fn name(self) -> &'static str {
         match self {
             DoneReason::StepBudget => "step-budget",
             DoneReason::AccuracyBound => "accuracy-bound",
+            DoneReason::RecoveryExhausted => "recovery-exhausted",
         }
     }
 }
@@ -64,6 +70,9 @@ impl fmt::Display for DoneReason {
         f.write_str(match self {
             DoneReason::StepBudget => "the step budget is spent",
             DoneReason::AccuracyBound => "accuracy fell below the bound",
+            DoneReason::RecoveryExhausted => {
+                "accuracy did not recover within the clean steps allowed"
+            }
         })
     }
 }
@@ -108,6 +117,7 @@ mod tests {
         };
         assert_eq!(done.to_string(), "done: accuracy fell below the bound");
         assert_eq!(DoneReason::StepBudget.name(), "step-budget");
+        assert_eq!(DoneReason::RecoveryExhausted.name(), "recovery-exhausted");
         assert!(!format!("{}", Phase::Warmup { target: 2 }).contains('{'));
         assert_eq!(
             Phase::Recover { since: 0 }.to_string(),

@@ -18,7 +18,9 @@ impl State {
                 self.phase = self.start_hardening(cfg);
                 AccuracyVerdict::WithinBound { drop }
             }
-            Phase::Recover { since } if since >= cfg.recover_steps => self.stop(beyond, drop),
+            Phase::Recover { since } if since >= cfg.recover_steps => {
+                self.stop(DoneReason::RecoveryExhausted, beyond, drop)
+            }
             Phase::Recover { .. } if beyond => AccuracyVerdict::Recovering { drop },
             Phase::Recover { .. } => AccuracyVerdict::WithinBound { drop },
             Phase::Orthogonalize { .. } | Phase::Universal { .. }
@@ -31,16 +33,14 @@ impl State {
                 self.phase = Phase::Recover { since: 0 };
                 AccuracyVerdict::Recovering { drop }
             }
-            _ if beyond => self.stop(true, drop),
+            _ if beyond => self.stop(DoneReason::AccuracyBound, true, drop),
             _ => AccuracyVerdict::WithinBound { drop },
         }
     }
 
-    /// Ends the session at the accuracy bound.
-    fn stop(&mut self, beyond: bool, drop: f64) -> AccuracyVerdict {
-        self.phase = Phase::Done {
-            reason: DoneReason::AccuracyBound,
-        };
+    /// Ends the session for `reason`.
+    fn stop(&mut self, reason: DoneReason, beyond: bool, drop: f64) -> AccuracyVerdict {
+        self.phase = Phase::Done { reason };
         if beyond {
             AccuracyVerdict::Exceeded { drop }
         } else {

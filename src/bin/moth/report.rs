@@ -70,7 +70,8 @@ pub struct HardenReport {
     pub steps: u64,
     /// Where the session ended, in words.
     pub final_phase: String,
-    /// `step-budget` or `accuracy-bound` (null when the run is not done).
+    /// `step-budget`, `accuracy-bound` or `recovery-exhausted` (null when
+    /// the run is not done).
     pub done_reason: Option<String>,
     pub accuracy_before: f64,
     pub accuracy_after: f64,

@@ -13,6 +13,7 @@ const DONE_REASONS = Dict{Int32,Symbol}(
     MOTH_DONE_REASON_NONE => :none,
     MOTH_DONE_REASON_STEP_BUDGET => :step_budget,
     MOTH_DONE_REASON_ACCURACY_BOUND => :accuracy_bound,
+    MOTH_DONE_REASON_RECOVERY_EXHAUSTED => :recovery_exhausted,
 )
 
 const VERDICTS = Dict{Int32,Symbol}(
@@ -36,7 +37,7 @@ const MATRICES = Dict{Symbol,Int32}(
 What a session's next step does: `kind` (`:warmup`, `:orthogonalize`,
 `:universal`, `:done`), the `target` and `source` classes, the
 `step_in_period` of a pair's period, and why it finished (`done_reason`:
-`:none`, `:step_budget`, `:accuracy_bound`).
+`:none`, `:step_budget`, `:accuracy_bound`, `:recovery_exhausted`).
 """
 struct Phase
     kind::Symbol
