@@ -33,10 +33,10 @@ variants=(
     "$ref+lr=3e-4"                           # training learning rate
     "$ref+accuracy_every=0"                  # fixed epochs, no accuracy stop
     "$ref+epochs=2"                          # the reference's own 2 epochs
-    "moth"                                   # the default preset
-    "moth+period=6+later.steps=0"            # the default preset with reuse
-    "moth+recover_steps=100"                 # train clean past the bound, then harden again
-    "moth+clean_statistics=1"                # BatchNorm statistics from clean samples only
+    "moth+epochs=2"                          # the default preset, with its own 2-epoch budget
+    "moth+epochs=2+recover_steps=0"          # without recovery: stop at the first crossing
+    "moth+epochs=2+period=3+later.steps=50"  # without reuse: invert at every step
+    "moth+recover_steps=0+period=3+later.steps=50"  # the previous release's default
     "asymmetric"                             # default preset, one direction per step (Fig. 6)
 )
 joined=$(IFS=,; echo "${variants[*]}")

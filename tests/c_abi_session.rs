@@ -38,7 +38,9 @@ fn config_json_setters_and_errors() {
     // A new configuration holds the default preset; the reference preset
     // is one call away, and an unknown preset changes nothing.
     let defaults = get();
-    assert_eq!(defaults["period"], 3);
+    assert_eq!(defaults["period"], 6);
+    assert_eq!(defaults["later"]["steps"], 0);
+    assert_eq!(defaults["recover_steps"], 200);
     assert_eq!(defaults["pairs_per_step"], 5);
     assert_eq!(defaults["warmup"]["budget"]["steps"], 100);
     let preset = |name: &str| {
@@ -51,6 +53,7 @@ fn config_json_setters_and_errors() {
     assert_eq!(reference["warmup"]["budget"]["steps"], 500);
     assert_eq!(reference["pairs_per_step"], 1);
     assert_eq!(reference["portion"], 0.1);
+    assert_eq!(reference["recover_steps"], 0);
     assert_eq!(preset("fastest"), S::InvalidConfig);
     assert_eq!(get(), reference);
     // SAFETY: NULL arguments are refused.

@@ -358,6 +358,68 @@ fn recovery_trains_clean_until_accuracy_is_back() {
     );
 }
 
+/// Steps of one period under `cfg`: for each step after the first, the
+/// inversion steps it ran and whether it stamped, exactly the directions
+/// whose trigger is within its bound.
+fn later_steps_of_a_period(cfg: SessionConfig) -> (Session, Vec<(usize, bool)>) {
+    let mut model = three_class_model();
+    let mut s = Session::new(cfg, spec()).unwrap();
+    let (x, y) = labelled_batch(10, 1);
+    s.report_accuracy(0.90).unwrap();
+    let mut later = Vec::new();
+    let mut periods_started = 0;
+    while periods_started < 2 {
+        let phase = s.phase();
+        let h = s.harden_batch(&mut model, &x, &y).unwrap();
+        if s.wants_accuracy() {
+            s.report_accuracy(0.90).unwrap();
+        }
+        match phase {
+            Phase::Orthogonalize {
+                step_in_period: 0, ..
+            } => periods_started += 1,
+            Phase::Orthogonalize { .. } if periods_started == 1 => {
+                let dirs = &h.report.directions;
+                let stamped = dirs.iter().any(|d| d.stamped > 0)
+                    && dirs.iter().all(|d| (d.stamped > 0) == (d.size <= d.bound));
+                later.push((h.report.inversion_steps, stamped));
+            }
+            _ => {}
+        }
+    }
+    (s, later)
+}
+
+/// The default preset inverts once per period and stamps that inversion's
+/// triggers in the later steps (the reference inverts at every step), and a
+/// bound crossing starts a recovery instead of ending the session.
+#[test]
+fn the_default_preset_reuses_a_periods_triggers_and_recovers() {
+    let shrink = |mut cfg: SessionConfig| {
+        cfg.accuracy_every = 2;
+        cfg.warmup.budget.steps = 5;
+        cfg.first.steps = 40;
+        cfg
+    };
+    let (mut s, later) = later_steps_of_a_period(shrink(SessionConfig::default()));
+    assert_eq!(later.len(), SessionConfig::default().period - 1);
+    assert!(
+        later.iter().all(|&(inv, stamped)| inv == 0 && stamped),
+        "later steps reuse and stamp: {later:?}"
+    );
+    let (_, reference) = later_steps_of_a_period(shrink(SessionConfig::reference()));
+    assert!(reference.iter().all(|&(inv, _)| inv > 0), "{reference:?}");
+
+    let mut model = three_class_model();
+    let (x, y) = labelled_batch(10, 1);
+    while !s.wants_accuracy() {
+        s.harden_batch(&mut model, &x, &y).unwrap();
+    }
+    let v = s.report_accuracy(0.80).unwrap();
+    assert!(matches!(v, AccuracyVerdict::Recovering { .. }), "{v:?}");
+    assert_eq!(s.phase(), Phase::Recover { since: 0 });
+}
+
 /// A session saved during recovery resumes there, bit-exactly.
 #[test]
 fn a_session_in_recovery_round_trips() {

@@ -106,8 +106,10 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Preset {
     /// moth's default, chosen by measurement (README, "Results"): several
-    /// disjoint pairs per step, more samples stamped, a shorter warm-up and
-    /// inversions that stop once they stop improving.
+    /// disjoint pairs per step, more samples stamped, a shorter warm-up,
+    /// inversions that stop once they stop improving, one inversion per
+    /// period whose triggers the later steps reuse, and recovery (clean
+    /// training) instead of stopping at the first bound crossing.
     #[default]
     Default,
     /// The authors' published settings, kept exactly.
@@ -167,6 +169,9 @@ impl SessionConfig {
         cfg.portion = DEFAULT_PORTION;
         cfg.warmup.budget.steps = DEFAULT_WARMUP_STEPS;
         cfg.inversion.early_stop = DEFAULT_EARLY_STOP;
+        cfg.period = DEFAULT_PERIOD;
+        cfg.later.steps = 0; // reuse: later steps stamp the period's triggers
+        cfg.recover_steps = DEFAULT_RECOVER_STEPS;
         cfg
     }
 
@@ -210,6 +215,11 @@ const DEFAULT_PORTION: f64 = 0.3;
 const DEFAULT_WARMUP_STEPS: usize = 100;
 /// The default preset's early stop of every inversion.
 const DEFAULT_EARLY_STOP: usize = 10;
+/// The default preset's period: twice the reference's, its later steps
+/// reusing the first step's triggers, so a pair costs one inversion.
+const DEFAULT_PERIOD: usize = 6;
+/// The default preset's recovery: clean steps allowed after a bound crossing.
+const DEFAULT_RECOVER_STEPS: u64 = 200;
 
 impl SessionConfig {
     /// This configuration with a partial one merged in: keys present in

@@ -227,7 +227,7 @@ pub struct HardenArgs {
     #[arg(long, default_value = "moth")]
     pub method: moth::session::Method,
     /// Epochs over the training data after the warm-up, at most (the run
-    /// stops earlier at the accuracy bound). Default: the preset's (1 for
+    /// stops earlier at the accuracy bound). Default: the preset's (2 for
     /// `default`; for `reference` 2 on CUDA, 1 on the CPU).
     #[arg(long)]
     pub epochs: Option<f64>,
