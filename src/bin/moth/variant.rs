@@ -188,6 +188,14 @@ mod tests {
         }
         let reference = parse(&a, &variants[0]).unwrap();
         assert_eq!(reference.preset, Preset::Reference);
-        assert!(variants.iter().any(|v| v == "moth"));
+        // The default preset is a row, with the preset's own epoch budget
+        // (bench's --epochs would otherwise cut it).
+        let default_row = |v: &String| {
+            let p = parse(&a, v).unwrap();
+            p.preset == Preset::Default
+                && p.session == Preset::Default.session_config()
+                && p.run.epochs == RunConfig::for_preset(Preset::Default).epochs
+        };
+        assert!(variants.iter().any(default_row), "{variants:?}");
     }
 }
