@@ -63,10 +63,7 @@ impl RunConfig {
     /// does not succeed in time, usually well before the 2 epochs.
     pub fn for_preset(preset: Preset) -> Self {
         RunConfig {
-            epochs: match preset {
-                Preset::Reference => 2.0,
-                Preset::Default => 2.0,
-            },
+            epochs: 2.0,
             batch: 128,
             optimizer: OptimizerConfig::hardening(),
             // The reference checks its bound on the first 2000 test images
